@@ -1,0 +1,1 @@
+"""The trainwire service: HTTP routes, schemas, settings, the job store and the event hub."""

@@ -1,0 +1,56 @@
+"""Dependencies shared by the routes: the service, settings, and the bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.service import JobService
+from app.settings import Settings
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="The value of TRAINWIRE_API_TOKEN, when the server sets one.",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_service(request: Request) -> JobService:
+    service: JobService = request.app.state.service
+    return service
+
+
+def require_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    access_token: Annotated[
+        str | None,
+        Query(
+            description="The token, for clients that cannot set headers (a browser's "
+            "EventSource); prefer the Authorization header.",
+            include_in_schema=False,
+        ),
+    ] = None,
+) -> None:
+    """401 unless the request carries the server's token (when it has one)."""
+    if settings.api_token is None:
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    given = credentials.credentials if credentials is not None else access_token
+    # constant-time: the comparison must not tell how much of a guess was right
+    if given is None or not hmac.compare_digest(given.encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Service = Annotated[JobService, Depends(get_service)]

@@ -1,0 +1,178 @@
+"""Jobs: submit, read, list, cancel, delete; their losses; their live event stream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse
+from starlette.background import BackgroundTask
+
+from app.api.deps import Service
+from app.errors import InvalidField
+from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a job",
+    responses={
+        201: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {}}}},
+        413: {"description": "The body is over 1 MiB."},
+        422: {"description": "A field is wrong; `detail[].loc` names it."},
+        429: {"description": "The queue is full; see Retry-After."},
+    },
+)
+async def submit_job(job: JobCreate, service: Service, response: Response) -> Job:
+    """Queue a training job. Its hyperparameters are resolved against the variant's defaults
+    and recorded with the seed, so that the run can be repeated exactly."""
+    created = await service.submit(job)
+    response.headers["Location"] = f"/v1/jobs/{created.id}"
+    return created
+
+
+@router.get("", summary="List jobs, newest first")
+async def list_jobs(
+    service: Service,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="Only jobs in these states (repeatable).")
+    ] = None,
+    variant: Annotated[
+        list[VariantName] | None, Query(description="Only jobs of these variants (repeatable).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page.")
+    ] = None,
+) -> JobList:
+    items, next_cursor = await service.list_jobs(
+        limit, cursor, [s.value for s in status or []], list(variant or [])
+    )
+    return JobList(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", summary="Get a job", responses=_NOT_FOUND)
+async def get_job(job_id: str, service: Service) -> Job:
+    return await service.get(job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Cancel a queued or running job",
+    responses={**_NOT_FOUND, 409: {"description": "The job is already final."}},
+)
+async def cancel_job(job_id: str, service: Service) -> Job:
+    """A queued job is cancelled at once; a running one stops before its next step (its
+    stream then carries the final `cancelled` status)."""
+    return await service.cancel(job_id)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a final job and its losses",
+    responses={**_NOT_FOUND, 409: {"description": "The job is queued or running."}},
+)
+async def delete_job(job_id: str, service: Service) -> Response:
+    await service.delete(job_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/losses",
+    summary="Recorded losses",
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": "step,loss\n0,1.5\n"}}
+        },
+    },
+)
+async def get_losses(
+    job_id: str,
+    service: Service,
+    request: Request,
+    after: Annotated[int, Query(ge=-1, description="Only steps after this one.")] = -1,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="Most points per page.")] = 10_000,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100_000,
+            description="Downsample the whole run to at most this many real points, keeping "
+            "each bucket's lowest and highest loss (for charts).",
+        ),
+    ] = None,
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: `step,loss` rows, like `Accept: text/csv`."),
+    ] = None,
+) -> Response:
+    """Losses in step order, as JSON pages (`next_after`), as CSV, or downsampled."""
+    wants_csv = format == "csv" or (
+        format is None and "text/csv" in request.headers.get("accept", "")
+    )
+    if wants_csv:
+        rows = await service.csv_rows(job_id, after)
+        return StreamingResponse(
+            rows,
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}-losses.csv"'},
+        )
+    if max_points is not None:
+        steps, values = await service.losses_downsampled(job_id, max_points, after)
+        body = Losses(job_id=job_id, steps=steps, losses=values, next_after=None)
+    else:
+        steps, values, next_after = await service.losses(job_id, after, limit)
+        body = Losses(job_id=job_id, steps=steps, losses=values, next_after=next_after)
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Live stream of status and loss events",
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "description": "`status` (data: the job), then `loss` events (id: step, data: "
+            '{"step": n, "loss": x}) for every step, live ones as they happen, then the final '
+            "`status`; the server then ends the stream.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def job_events(
+    job_id: str,
+    service: Service,
+    after: Annotated[
+        int | None, Query(ge=-1, description="Start the losses after this step.")
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Sent by EventSource on reconnect: resume after this step."),
+    ] = None,
+) -> Response:
+    """Server-sent events: replay from the start (or from `after` / `Last-Event-ID`), then
+    live, every step exactly once and in order. Idle streams carry `: ping` comments."""
+    start = after if after is not None else -1
+    if after is None and last_event_id:
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise InvalidField(
+                ("header", "last-event-id"), "must be the id of a loss event (a step)"
+            ) from None
+    stream = await service.events(job_id, start)
+    return EventSourceResponse(
+        stream,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # close the stream's generator (and its subscription) even if the client vanished
+        background=BackgroundTask(stream.aclose),  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,35 @@
+"""Domain errors of the job service; app.main maps them to HTTP answers in one place."""
+
+from __future__ import annotations
+
+
+class JobNotFound(Exception):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class JobFinal(Exception):
+    """The job is final: it cannot be cancelled."""
+
+    def __init__(self, job_id: str, status: str):
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is already {status}")
+
+
+class JobNotFinal(Exception):
+    """The job is queued or running: it cannot be deleted."""
+
+    def __init__(self, job_id: str, status: str):
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is {status}; cancel it first")
+
+
+class InvalidField(Exception):
+    """A request value that is wrong for a reason only the service can see."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str, type_: str = "value_error"):
+        self.errors = [{"loc": loc, "msg": msg, "type": type_}]
+        super().__init__(msg)

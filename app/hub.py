@@ -1,0 +1,127 @@
+"""Fans each job's events out to its subscribers, encoded once.
+
+The store's writer publishes here after each commit (persist first, then notify), through the
+event loop. A channel is a short log of already-encoded SSE chunks (a batch of `loss` events, or
+one `status` event) with sequence numbers. Subscribers each keep a cursor into the log and
+wake when it grows; they all send the same bytes objects. Publishing is O(1) whatever the number
+of subscribers, so a slow subscriber never slows training or the others: one that falls behind
+the log's window catches up from the store by step number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from fastapi.sse import format_sse_event
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Encoded events: losses of steps [first_step, end_step), or one status event (no steps)."""
+
+    seq: int
+    data: bytes
+    first_step: int = -1
+    end_step: int = -1
+    values: tuple[float | None, ...] = ()
+    final: bool = False
+
+    @property
+    def is_losses(self) -> bool:
+        return self.end_step >= 0
+
+
+def encode_losses(first_step: int, values: list[float | None] | tuple[float | None, ...]) -> bytes:
+    """`loss` events for consecutive steps; non-finite losses are written as null."""
+    parts = []
+    for i, value in enumerate(values):
+        step = first_step + i
+        loss = value if value is not None and math.isfinite(value) else None
+        parts.append(
+            format_sse_event(
+                data_str=json.dumps({"step": step, "loss": loss}), event="loss", id=str(step)
+            )
+        )
+    return b"".join(parts)
+
+
+def encode_status(job_json: str) -> bytes:
+    return format_sse_event(data_str=job_json, event="status")
+
+
+@dataclass
+class Channel:
+    chunks: deque[Chunk] = field(default_factory=deque)
+    next_seq: int = 0
+    subscribers: int = 0
+    final: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def first_seq(self) -> int:
+        return self.chunks[0].seq if self.chunks else self.next_seq
+
+    def append(self, chunk_data: bytes, max_chunks: int, **kw: object) -> None:
+        self.chunks.append(Chunk(self.next_seq, chunk_data, **kw))  # type: ignore[arg-type]
+        self.next_seq += 1
+        while len(self.chunks) > max_chunks:
+            self.chunks.popleft()
+        # wake everyone waiting, and arm a fresh event for the next change
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def since(self, seq: int) -> list[Chunk]:
+        """Chunks from `seq` on that are still held (indexing from the end of a deque is O(1))."""
+        new = min(self.next_seq - max(seq, self.first_seq), len(self.chunks))
+        return [self.chunks[-k] for k in range(new, 0, -1)]
+
+
+class EventHub:
+    """Channels of live jobs. Call only on the event loop's thread."""
+
+    def __init__(self, max_chunks: int = 512):
+        self._channels: dict[str, Channel] = {}
+        self._max_chunks = max_chunks
+        self.closing = asyncio.Event()  # set at shutdown: every stream ends
+
+    def subscribe(self, job_id: str) -> Channel:
+        channel = self._channels.setdefault(job_id, Channel())
+        channel.subscribers += 1
+        return channel
+
+    def unsubscribe(self, job_id: str, channel: Channel) -> None:
+        channel.subscribers -= 1
+        if channel.subscribers <= 0 and self._channels.get(job_id) is channel:
+            del self._channels[job_id]
+
+    def subscriber_count(self) -> int:
+        return sum(c.subscribers for c in self._channels.values())
+
+    def publish_losses(self, job_id: str, first_step: int, values: list[float]) -> None:
+        channel = self._channels.get(job_id)
+        if channel is None:  # nobody is watching
+            return
+        clean = tuple(v if math.isfinite(v) else None for v in values)
+        channel.append(
+            encode_losses(first_step, clean),
+            self._max_chunks,
+            first_step=first_step,
+            end_step=first_step + len(values),
+            values=clean,
+        )
+
+    def publish_status(self, job_id: str, job_json: str, final: bool) -> None:
+        channel = self._channels.get(job_id)
+        if channel is None:
+            return
+        channel.final = channel.final or final
+        channel.append(encode_status(job_json), self._max_chunks, final=final)
+
+    def close(self) -> None:
+        self.closing.set()
+        for channel in self._channels.values():
+            channel.changed.set()

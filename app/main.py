@@ -1,0 +1,99 @@
+"""Builds the app: routes, error mapping, the lifespan (open store, start pool, stop cleanly)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api import health, jobs, pages, variants
+from app.api.deps import require_token
+from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
+from app.hub import EventHub
+from app.service import JobService
+from app.settings import Settings
+from app.store import Store
+from workers.pool import QueueFull
+
+log = logging.getLogger("trainwire")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await run_in_threadpool(Store, settings.database_url)
+        hub = EventHub()
+        service = JobService(settings, store, hub)
+        app.state.hub, app.state.store, app.state.service = hub, store, service
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            hub.close()
+            await run_in_threadpool(service.stop)
+            await run_in_threadpool(store.close)
+
+    app = FastAPI(
+        title="trainwire",
+        version="0.1.0",
+        summary="The programs of 'Learning PyTorch with Examples' as jobs, every step's loss live.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Location", "Retry-After"],
+        )
+    auth = [Depends(require_token)]
+    app.include_router(variants.router, prefix="/v1", dependencies=auth)
+    app.include_router(jobs.router, prefix="/v1", dependencies=auth)
+    app.include_router(health.router)
+    pages.mount_pages(app)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(JobFinal)
+    @app.exception_handler(JobNotFinal)
+    async def conflict(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)}
+        )
+
+    @app.exception_handler(InvalidField)
+    async def invalid(request: Request, exc: InvalidField) -> JSONResponse:
+        # the same shape as FastAPI's own validation errors
+        return await _validation_response(request, RequestValidationError(exc.errors))
+
+
+async def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    from fastapi.exception_handlers import request_validation_exception_handler
+
+    return await request_validation_exception_handler(request, exc)
+
+
+app = create_app()

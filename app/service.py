@@ -1,0 +1,445 @@
+"""The job service: what the routes call. Submits, cancels, reads and streams jobs.
+
+It ties the store (persist), the pool (run) and the hub (notify) together; the routes stay thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import platform
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
+from app.hub import EventHub, encode_losses, encode_status
+from app.schemas import Job, JobCreate, JobStatus
+from app.settings import Settings
+from app.store import JobRow, Store
+from workers.hyperparameters import HyperparameterError, parse_hyperparameters
+from workers.pool import WorkerPool
+from workers.recorder import LossSink
+from workers.runner import JobSpec, Outcome
+from workers.variants import VARIANTS
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _cursor_encode(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("pk:"):
+            raise ValueError(text)
+        return int(text[3:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField(("query", "cursor"), "not a cursor this service handed out") from None
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class JobService:
+    def __init__(self, settings: Settings, store: Store, hub: EventHub):
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.loop = asyncio.get_running_loop()
+        self._resume: dict[str, tuple[int, int]] = {}  # job id -> (pk, steps already stored)
+        self.pool = WorkerPool(
+            cpu_workers=settings.cpu_workers,
+            jobs_per_gpu=settings.jobs_per_gpu,
+            cpu_threads=settings.cpu_threads(),
+            max_queued=settings.max_queued,
+            on_start=self._on_start,
+            sink_for=self._sink_for,
+            on_finish=self._on_finish,
+            timeout_s=settings.job_timeout_s,
+            flush_seconds=settings.flush_seconds,
+        )
+        self.ready = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Requeue what a crash or shutdown left unfinished, then start the workers."""
+        for row in self.store.unfinished_jobs():
+            if row["status"] == JobStatus.running:
+                row = (
+                    self.store.submit(
+                        self.store.op_update_job(row["pk"], status=JobStatus.queued)
+                    ).result()
+                    or row
+                )
+            self._enqueue(row, force=True)
+        self.pool.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        """Stop workers; jobs they were running go back to the queue for the next start."""
+        self.ready = False
+        self.pool.stop(timeout=5.0)
+
+    # -- commands -------------------------------------------------------------------------------
+    async def submit(self, req: JobCreate) -> Job:
+        variant = VARIANTS[req.variant]
+        try:
+            hp = parse_hyperparameters(
+                variant.hyperparameters, req.hyperparameters, req.variant, self.settings.limits
+            )
+        except HyperparameterError as exc:
+            raise InvalidFields(
+                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
+            ) from None
+        device = self._resolve_device(req.device, variant.devices)
+        if self.pool.queued() >= self.settings.max_queued:
+            self.pool.submit("", JobSpec(req.variant, hp, 0, device))  # raises QueueFull
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        values = {
+            "id": secrets.token_hex(8),
+            "variant": req.variant,
+            "label": req.label,
+            "hyperparameters": hp.model_dump(),
+            "seed": seed,
+            "device": req.device,
+            "assigned_device": None,
+            "status": JobStatus.queued.value,
+            "step": 0,
+            "steps": hp.steps,
+            "last_loss": None,
+            "created_at": utcnow(),
+            "environment": None,
+            "attempts": 0,
+        }
+        row = await asyncio.wrap_future(self.store.submit(self.store.op_insert_job(values)))
+        row["_queue_device"] = device
+        self._enqueue(row, force=True)
+        return Job.from_row(row)
+
+    def _resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:
+        gpus = self.pool.gpus if self.settings.jobs_per_gpu > 0 else []
+        if asked == "auto":
+            return "cuda" if gpus and "cuda" in supported else "cpu"
+        if asked == "cpu":
+            if self.settings.cpu_workers == 0:
+                raise InvalidField(("body", "device"), "this server runs no CPU workers")
+            return "cpu"
+        if "cuda" not in supported:
+            raise InvalidField(("body", "device"), "this variant runs on the CPU only")
+        if not gpus:
+            raise InvalidField(("body", "device"), f"this host has no GPU for {asked!r}")
+        if asked != "cuda" and asked not in gpus:
+            raise InvalidField(
+                ("body", "device"), f"this host has no {asked}; it has {', '.join(gpus)}"
+            )
+        return asked
+
+    def _enqueue(self, row: JobRow, force: bool) -> None:
+        variant = VARIANTS[row["variant"]]
+        hp = variant.hyperparameters.model_validate(row["hyperparameters"])
+        device = row.get("_queue_device") or row["device"]
+        if device == "auto":
+            device = self._resolve_device("auto", variant.devices)
+        self._resume[row["id"]] = (row["pk"], row["step"])
+        self.pool.submit(row["id"], JobSpec(row["variant"], hp, row["seed"], device), force=force)
+
+    async def cancel(self, job_id: str) -> Job:
+        row = await self._row(job_id)
+        if JobStatus(row["status"]).is_final:
+            raise JobFinal(job_id, row["status"])
+        where = self.pool.cancel(job_id)
+        if where == "running":
+            return Job.from_row(row)
+        updated = await asyncio.wrap_future(
+            self.store.submit(
+                self.store.op_update_job(
+                    row["pk"], status=JobStatus.cancelled.value, finished_at=utcnow()
+                ),
+                self._after_status(job_id, final=True),
+            )
+        )
+        if updated is None:  # it ended meanwhile
+            row = await self._row(job_id)
+            raise JobFinal(job_id, row["status"])
+        return Job.from_row(updated)
+
+    async def delete(self, job_id: str) -> None:
+        row = await self._row(job_id)
+        if not JobStatus(row["status"]).is_final:
+            raise JobNotFinal(job_id, row["status"])
+        await asyncio.wrap_future(self.store.submit(self.store.op_delete_job(row["pk"])))
+
+    # -- queries --------------------------------------------------------------------------------
+    async def _row(self, job_id: str) -> JobRow:
+        row = await run_in_threadpool(self.store.get_job, job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return row
+
+    async def get(self, job_id: str) -> Job:
+        return Job.from_row(await self._row(job_id))
+
+    async def list_jobs(
+        self, limit: int, cursor: str | None, statuses: list[str], variants: list[str]
+    ) -> tuple[list[Job], str | None]:
+        before = _cursor_decode(cursor) if cursor else None
+        rows = await run_in_threadpool(
+            self.store.list_jobs, limit + 1, before, statuses or None, variants or None
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [Job.from_row(r) for r in rows], _cursor_encode(rows[-1]["pk"]) if more else None
+
+    async def losses(
+        self, job_id: str, after: int, limit: int
+    ) -> tuple[list[int], list[float | None], int | None]:
+        row = await self._row(job_id)
+        steps, values = await run_in_threadpool(self.store.read_losses, row["pk"], after, limit + 1)
+        more = len(steps) > limit
+        steps, values = steps[:limit], values[:limit]
+        return steps, values, steps[-1] if more else None
+
+    async def losses_downsampled(
+        self, job_id: str, max_points: int, after: int
+    ) -> tuple[list[int], list[float | None]]:
+        row = await self._row(job_id)
+        return await run_in_threadpool(
+            downsample,
+            self.store.iter_losses(row["pk"], after),
+            row["step"] - after - 1,
+            max_points,
+        )
+
+    async def csv_rows(self, job_id: str, after: int) -> Iterator[str]:
+        row = await self._row(job_id)
+        pages = self.store.iter_losses(row["pk"], after)
+
+        def rows() -> Iterator[str]:
+            yield "step,loss\n"
+            for steps, values in pages:
+                yield "".join(
+                    f"{s},{'' if v is None else repr(v)}\n"
+                    for s, v in zip(steps, values, strict=True)
+                )
+
+        return rows()
+
+    # -- the live stream ------------------------------------------------------------------------
+    async def events(self, job_id: str, after: int) -> AsyncIterator[bytes]:
+        """status, every loss after `after` exactly once, live ones, then the final status."""
+        row = await self._row(job_id)  # 404 before the stream starts
+        return self._stream(job_id, row, after)
+
+    async def _stream(self, job_id: str, row: JobRow, after: int) -> AsyncIterator[bytes]:
+        channel = self.hub.subscribe(job_id)  # before reading the store: nothing slips between
+        try:
+            cursor = channel.next_seq
+            row = await self._row(job_id)
+            yield encode_status(Job.from_row(row).model_dump_json())
+            next_step = after + 1
+            async for data, replayed_to in self._replay(row["pk"], next_step, None):
+                yield data
+                next_step = replayed_to
+            if JobStatus(row["status"]).is_final:
+                yield encode_status(Job.from_row(row).model_dump_json())
+                return
+            while True:
+                if cursor < channel.first_seq:  # fell out of the window: catch up from the store
+                    cursor = channel.next_seq
+                    async for data, replayed_to in self._replay(row["pk"], next_step, None):
+                        yield data
+                        next_step = replayed_to
+                for chunk in channel.since(cursor):
+                    cursor = chunk.seq + 1
+                    if chunk.is_losses:
+                        if chunk.end_step <= next_step:
+                            continue
+                        if chunk.first_step > next_step:  # a gap: the store has it
+                            async for data, replayed_to in self._replay(
+                                row["pk"], next_step, chunk.first_step
+                            ):
+                                yield data
+                                next_step = replayed_to
+                        if chunk.first_step == next_step:
+                            yield chunk.data  # the shared bytes, encoded once
+                        else:
+                            skip = next_step - chunk.first_step
+                            yield encode_losses(next_step, chunk.values[skip:])
+                        next_step = chunk.end_step
+                    else:
+                        yield chunk.data
+                        if chunk.final:
+                            return
+                if self.hub.closing.is_set():
+                    yield format_sse_event(comment="server shutting down", retry=1000)
+                    return
+                try:
+                    await asyncio.wait_for(channel.changed.wait(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield KEEPALIVE_COMMENT
+        finally:
+            self.hub.unsubscribe(job_id, channel)
+
+    async def _replay(
+        self, job_pk: int, next_step: int, until: int | None
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """Stored losses from next_step (to `until`, exclusive), as (encoded events, next step)."""
+        while until is None or next_step < until:
+            limit = 5000 if until is None else min(5000, until - next_step)
+            steps, values = await run_in_threadpool(
+                self.store.read_losses, job_pk, next_step - 1, limit
+            )
+            if not steps:
+                return
+            assert steps[0] == next_step, "stored steps are contiguous"
+            next_step = steps[-1] + 1
+            yield encode_losses(steps[0], values), next_step
+            if len(steps) < limit:
+                return
+
+    # -- pool callbacks (worker threads) ------------------------------------------------------
+    def _after_status(self, job_id: str, final: bool) -> Any:
+        def publish(row: JobRow | None) -> None:
+            if row is not None:
+                data = Job.from_row(row).model_dump_json()
+                self.loop.call_soon_threadsafe(self.hub.publish_status, job_id, data, final)
+
+        return publish
+
+    def _on_start(self, job_id: str, device: str) -> None:
+        pk, _ = self._resume[job_id]
+        environment = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "device": device,
+            "device_name": _device_name(device),
+            "cuda": torch.version.cuda if device.startswith("cuda") else None,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        }
+        self.store.submit(
+            self.store.op_update_job(
+                pk,
+                status=JobStatus.running.value,
+                started_at=utcnow(),
+                assigned_device=device,
+                environment=environment,
+                bump_attempts=True,
+            ),
+            self._after_status(job_id, final=False),
+        )
+
+    def _sink_for(self, job_id: str) -> LossSink:
+        pk, stored = self._resume[job_id]
+        loop, hub, store = self.loop, self.hub, self.store
+
+        def sink(first_step: int, values: list[float]) -> None:
+            # a job rerun after a crash recomputes its stored steps bit for bit: store only new ones
+            if first_step < stored:
+                values = values[stored - first_step :]
+                first_step = stored
+                if not values:
+                    return
+
+            def publish(_: object) -> None:
+                loop.call_soon_threadsafe(hub.publish_losses, job_id, first_step, values)
+
+            store.submit(store.op_append_losses(pk, first_step, values), publish)
+
+        return sink
+
+    def _on_finish(self, job_id: str, outcome: Outcome) -> None:
+        pk, _ = self._resume.pop(job_id)
+        if outcome.status == "interrupted":
+            # stopped by a shutdown: back to the queue, to run again at the next start
+            self.store.submit(
+                self.store.op_update_job(pk, status=JobStatus.queued.value),
+                self._after_status(job_id, final=False),
+            )
+            return
+        self.store.submit(
+            self.store.op_update_job(
+                pk,
+                status=outcome.status,
+                finished_at=utcnow(),
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+            ),
+            self._after_status(job_id, final=True),
+        )
+
+
+class InvalidFields(InvalidField):
+    def __init__(self, errors: list[dict[str, Any]]):
+        Exception.__init__(self, "; ".join(e["msg"] for e in errors))
+        self.errors = errors
+
+
+def downsample(
+    pages: Iterator[tuple[list[int], list[float | None]]], total: int, max_points: int
+) -> tuple[list[int], list[float | None]]:
+    """At most max_points real points: each bucket of steps keeps its lowest and highest loss."""
+    per_bucket = 2 if max_points >= 2 else 1
+    buckets = max(1, max_points // per_bucket)
+    width = max(1, math.ceil(max(total, 1) / buckets))
+    kept: dict[int, tuple[int, float | None]] = {}  # step -> point
+
+    current = -1
+    lo: tuple[int, float] | None = None
+    hi: tuple[int, float] | None = None
+    first_null: int | None = None
+
+    def close() -> None:
+        if lo is None:
+            if first_null is not None:
+                kept[first_null] = (first_null, None)
+            return
+        kept[lo[0]] = lo
+        if per_bucket == 2 and hi is not None:
+            kept[hi[0]] = hi
+
+    for steps, values in pages:
+        for step, value in zip(steps, values, strict=True):
+            bucket = step // width
+            if bucket != current:
+                if current >= 0:
+                    close()
+                current, lo, hi, first_null = bucket, None, None, None
+            if value is None:
+                if first_null is None:
+                    first_null = step
+                continue
+            if lo is None or value < lo[1]:
+                lo = (step, value)
+            if hi is None or value > hi[1]:
+                hi = (step, value)
+    if current >= 0:
+        close()
+    points = sorted(kept.values())
+    return [p[0] for p in points], [p[1] for p in points]

@@ -1,0 +1,65 @@
+"""Service settings, read once from `TRAINWIRE_` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from workers.hyperparameters import Limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINWIRE_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./data/trainwire.db",
+        description="SQLAlchemy URL of the store; a SQLite file's folder is created.",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token every /v1 route requires; unset = no auth."
+    )
+    cpu_workers: int = Field(2, ge=0, description="Worker threads running CPU jobs.")
+    jobs_per_gpu: int = Field(1, ge=0, description="Worker threads per visible CUDA device.")
+    threads_per_cpu_job: int = Field(
+        0, ge=0, description="torch/BLAS threads per CPU job; 0 = cores // cpu_workers (min 1)."
+    )
+    max_queued: int = Field(1000, ge=1, description="Most queued jobs; more get 429.")
+    max_steps: int = Field(1_000_000, ge=1, description="Most steps one job may ask for.")
+    max_job_bytes: int = Field(
+        1 << 30, ge=1, description="Memory budget for one job's tensors, in bytes."
+    )
+    job_timeout_s: float = Field(3600.0, gt=0, description="Wall-clock limit of one job.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed besides the service's own, comma-separated.",
+    )
+    flush_seconds: float = Field(
+        0.005, gt=0, description="Longest a step's loss waits before it is handed out."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @cached_property
+    def limits(self) -> Limits:
+        return Limits(max_steps=self.max_steps, max_job_bytes=self.max_job_bytes)
+
+    def cpu_threads(self) -> int:
+        """Threads each CPU job may use, so that concurrent jobs don't oversubscribe the cores."""
+        if self.threads_per_cpu_job:
+            return self.threads_per_cpu_job
+        return max(1, (os.cpu_count() or 1) // max(1, self.cpu_workers))

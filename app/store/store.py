@@ -1,0 +1,255 @@
+"""Jobs and their losses in a SQL database.
+
+Every write goes through one writer thread (SQLite allows one writer at a time; a single writer
+never meets "database is locked"). The writer takes whatever operations have queued up and commits
+them in one transaction, so losses arrive in batches and many submissions share a commit. After a
+commit it runs each operation's callback: that is where the service notifies subscribers, so a
+subscriber never hears of a step before it is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import make_url
+
+from app.store.tables import jobs, losses
+
+log = logging.getLogger(__name__)
+
+JobRow = dict[str, Any]
+Operation = Callable[[Connection], Any]
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; NORMAL: a commit survives a crash of the process
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        migrate(self.engine)
+        self._ops: queue.Queue[tuple[Operation, Future[Any], Callable[[Any], None] | None] | None]
+        self._ops = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close connections."""
+        self._ops.put(None)
+        self._writer.join(timeout=30)
+        self.engine.dispose()
+
+    # -- the writer -------------------------------------------------------------------------
+    def submit(
+        self, op: Operation, after_commit: Callable[[Any], None] | None = None
+    ) -> Future[Any]:
+        """Queue a write; the future resolves with op's result once it is committed."""
+        future: Future[Any] = Future()
+        self._ops.put((op, future, after_commit))
+        return future
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._ops.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < 2000:
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Operation, Future[Any], Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                results = [op(conn) for op, _, _ in batch]
+        except Exception:
+            if len(batch) > 1:
+                # isolate the failing operation: commit the others one by one
+                for item in batch:
+                    self._commit([item])
+                return
+            log.exception("store write failed")
+            batch[0][1].set_exception(RuntimeError("store write failed"))
+            return
+        for (_, future, after_commit), result in zip(batch, results, strict=True):
+            if after_commit is not None:
+                try:
+                    after_commit(result)
+                except Exception:
+                    log.exception("after-commit callback failed")
+            future.set_result(result)
+
+    # -- write operations (run on the writer thread) ------------------------------------------
+    @staticmethod
+    def op_insert_job(values: dict[str, Any]) -> Operation:
+        def op(conn: Connection) -> JobRow:
+            result = conn.execute(insert(jobs).values(**values))
+            pk = result.inserted_primary_key[0]  # type: ignore[index]
+            return {**values, "pk": pk}
+
+        return op
+
+    @staticmethod
+    def op_update_job(
+        job_pk: int, only_if_not_final: bool = True, bump_attempts: bool = False, **values: Any
+    ) -> Operation:
+        """Update a job; a job in a final state never changes again. Returns the row or None."""
+        if bump_attempts:
+            values["attempts"] = jobs.c.attempts + 1
+
+        def op(conn: Connection) -> JobRow | None:
+            stmt = update(jobs).where(jobs.c.pk == job_pk).values(**values)
+            if only_if_not_final:
+                stmt = stmt.where(jobs.c.status.not_in(FINAL_STATUSES))
+            if conn.execute(stmt).rowcount == 0:
+                return None
+            row = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).mappings().first()
+            return dict(row) if row else None
+
+        return op
+
+    @staticmethod
+    def op_append_losses(job_pk: int, first_step: int, values: list[float]) -> Operation:
+        def op(conn: Connection) -> None:
+            conn.execute(
+                insert(losses),
+                [
+                    {"job_pk": job_pk, "step": first_step + i, "loss": _finite_or_none(v)}
+                    for i, v in enumerate(values)
+                ],
+            )
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.pk == job_pk)
+                .values(step=first_step + len(values), last_loss=_finite_or_none(values[-1]))
+            )
+
+        return op
+
+    @staticmethod
+    def op_delete_job(job_pk: int) -> Operation:
+        def op(conn: Connection) -> bool:
+            conn.execute(delete(losses).where(losses.c.job_pk == job_pk))
+            deleted = conn.execute(
+                delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(FINAL_STATUSES))
+            ).rowcount
+            return bool(deleted)
+
+        return op
+
+    # -- reads (any thread) ---------------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            return dict(row) if row else None
+
+    def list_jobs(
+        self,
+        limit: int,
+        before_pk: int | None = None,
+        statuses: list[str] | None = None,
+        variants: list[str] | None = None,
+    ) -> list[JobRow]:
+        """Jobs newest first, at most `limit`, older than `before_pk` when given."""
+        stmt = select(jobs).order_by(jobs.c.pk.desc()).limit(limit)
+        if before_pk is not None:
+            stmt = stmt.where(jobs.c.pk < before_pk)
+        if statuses:
+            stmt = stmt.where(jobs.c.status.in_(statuses))
+        if variants:
+            stmt = stmt.where(jobs.c.variant.in_(variants))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def unfinished_jobs(self) -> list[JobRow]:
+        """Queued and running jobs, oldest first."""
+        stmt = select(jobs).where(jobs.c.status.not_in(FINAL_STATUSES)).order_by(jobs.c.pk)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def count_jobs(self, status: str) -> int:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(select(func.count()).where(jobs.c.status == status)).scalar_one()
+            )
+
+    def read_losses(
+        self, job_pk: int, after: int, limit: int
+    ) -> tuple[list[int], list[float | None]]:
+        """Up to `limit` (step, loss) pairs with step > after, in step order."""
+        stmt = (
+            select(losses.c.step, losses.c.loss)
+            .where(losses.c.job_pk == job_pk, losses.c.step > after)
+            .order_by(losses.c.step)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [r[0] for r in rows], [_finite_or_none(r[1]) for r in rows]
+
+    def iter_losses(
+        self, job_pk: int, after: int = -1, chunk: int = 20000
+    ) -> Iterator[tuple[list[int], list[float | None]]]:
+        """Every stored loss after `after`, in pages of `chunk`, never all in memory at once."""
+        while True:
+            steps, values = self.read_losses(job_pk, after, chunk)
+            if not steps:
+                return
+            yield steps, values
+            if len(steps) < chunk:
+                return
+            after = steps[-1]

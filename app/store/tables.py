@@ -1,0 +1,55 @@
+"""The store's schema: jobs, and one row per recorded step's loss."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # pk orders jobs by submission and keys the losses compactly; id is the public name
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("variant", String(32), nullable=False),
+    Column("label", String(200)),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("device", String(16), nullable=False),
+    Column("assigned_device", String(16)),
+    Column("status", String(16), nullable=False),
+    Column("step", Integer, nullable=False, default=0),
+    Column("steps", Integer, nullable=False),
+    Column("last_loss", Float),
+    Column("created_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("finished_at", String(32)),
+    Column("environment", JSON),
+    Column("error_code", String(32)),
+    Column("error_message", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_jobs_status_pk", "status", "pk"),
+    Index("ix_jobs_variant_pk", "variant", "pk"),
+)
+
+losses = Table(
+    "losses",
+    metadata,
+    Column("job_pk", Integer, ForeignKey("jobs.pk", ondelete="CASCADE"), primary_key=True),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("loss", Float),  # NULL where the loss was NaN or infinite
+    sqlite_with_rowid=False,
+)

@@ -1,0 +1,115 @@
+"""The problem instance a run trains on: x, y and the starting weights, drawn from the run's seed.
+
+The tutorial draws everything from the global RNGs (`np.random.randn`, `torch.randn`, the default
+init of `nn.Linear`, `random.randint`). Those are shared by every thread of the process, so here
+every draw comes from generators owned by the instance, seeded by (seed, stream):
+
+- stream 0: x (N, D_in) and y (N, D_out), standard normal, as `randn` draws them;
+- stream 1: w1 (D_in, H) and w2 (H, D_out), standard normal (numpy, tensors, autograd,
+  custom_function start from these);
+- stream 2: the nn.Linear layers, one sub-stream per layer name, drawn from U(-1/sqrt(fan_in),
+  1/sqrt(fan_in)) for weight and bias, which is the distribution PyTorch's own init uses
+  (kaiming_uniform with a=sqrt(5)); nn, optim, custom_module and dynamic share these;
+- stream 3: the `random.Random` that picks the depth of `DynamicNet` at each step.
+
+Values are drawn in float64 on the host and then cast, so an instance depends only on
+(seed, sizes, dtype) and is the same on every device.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+_STREAM_DATA, _STREAM_WEIGHTS, _STREAM_LAYERS, _STREAM_CHOICES = 0, 1, 2, 3
+_LAYER_IDS = {"input": 0, "output": 1, "middle": 2}
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _generator(seed: int, *key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+@dataclass
+class Problem:
+    """One instance of the tutorial's regression problem for (seed, sizes, dtype)."""
+
+    seed: int
+    batch_size: int
+    d_in: int
+    hidden: int
+    d_out: int
+    dtype: Literal["float32", "float64"]
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def _normal(self, stream: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self._cache:
+            rng = _generator(self.seed, stream)
+            # draw every array of the stream in a fixed order, so each one is the same
+            # whichever is asked for first
+            if stream == _STREAM_DATA:
+                order = {"x": (self.batch_size, self.d_in), "y": (self.batch_size, self.d_out)}
+            else:
+                order = {"w1": (self.d_in, self.hidden), "w2": (self.hidden, self.d_out)}
+            for key, key_shape in order.items():
+                self._cache[key] = rng.standard_normal(key_shape).astype(self.dtype)
+        assert self._cache[name].shape == shape
+        return self._cache[name]
+
+    # -- numpy ----------------------------------------------------------------------------
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """x (N, D_in), y (N, D_out), w1 (D_in, H), w2 (H, D_out) as fresh numpy arrays."""
+        n, d_in, h, d_out = self.batch_size, self.d_in, self.hidden, self.d_out
+        return (
+            self._normal(_STREAM_DATA, "x", (n, d_in)).copy(),
+            self._normal(_STREAM_DATA, "y", (n, d_out)).copy(),
+            self._normal(_STREAM_WEIGHTS, "w1", (d_in, h)).copy(),
+            self._normal(_STREAM_WEIGHTS, "w2", (h, d_out)).copy(),
+        )
+
+    # -- torch ----------------------------------------------------------------------------
+    def tensors(
+        self, device: torch.device, requires_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same x, y, w1, w2 as torch tensors on `device`; w1, w2 optionally require grad."""
+        x, y, w1, w2 = (torch.from_numpy(a).to(device) for a in self.arrays())
+        w1.requires_grad_(requires_grad)
+        w2.requires_grad_(requires_grad)
+        return x, y, w1, w2
+
+    def data(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D_in) and y (N, D_out) on `device`."""
+        x, y, _, _ = self.tensors(device)
+        return x, y
+
+    def linear(
+        self, name: str, in_features: int, out_features: int, device: torch.device
+    ) -> torch.nn.Linear:
+        """An nn.Linear whose weight and bias come from this instance, not the global RNG."""
+        # skip_init builds the module without running its default (global-RNG) init
+        layer = torch.nn.utils.skip_init(
+            torch.nn.Linear,
+            in_features,
+            out_features,
+            device=device,
+            dtype=TORCH_DTYPES[self.dtype],
+        )
+        rng = _generator(self.seed, _STREAM_LAYERS, _LAYER_IDS[name])
+        bound = 1.0 / math.sqrt(in_features)
+        weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(self.dtype)
+        bias = rng.uniform(-bound, bound, (out_features,)).astype(self.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(weight))
+            layer.bias.copy_(torch.from_numpy(bias))
+        return layer
+
+    def choices(self) -> random.Random:
+        """The run's own `random.Random` for DynamicNet's depth draws."""
+        state = np.random.SeedSequence(self.seed, spawn_key=(_STREAM_CHOICES,)).generate_state(2)
+        return random.Random(int(state[0]) << 32 | int(state[1]))

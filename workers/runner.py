@@ -1,0 +1,147 @@
+"""Drives one job: builds the problem, runs the variant, hands out losses, stops when told.
+
+A variant is a function `train(run: Run) -> None` written like the tutorial's program; everything
+around it (which device, when to stop, where the losses go) lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.hyperparameters import Hyperparameters
+from workers.problem import TORCH_DTYPES, Problem
+from workers.recorder import Diverged, LossRecorder, LossSink
+from workers.variants import VARIANTS
+
+
+class Cancelled(Exception):
+    """The job was cancelled; raised between steps."""
+
+
+class TimedOut(Exception):
+    """The job ran past its wall-clock limit; raised between steps."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a run is a pure function of (with the device kind)."""
+
+    variant: str
+    hyperparameters: Hyperparameters
+    seed: int
+    device: str = "cpu"  # "cpu" or "cuda:N"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: status is succeeded, failed or cancelled."""
+
+    status: str
+    steps_done: int
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class Run:
+    """What a variant sees: its problem, hyperparameters, device, the step loop and the recorder."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        recorder: LossRecorder,
+        cancel: threading.Event,
+        deadline: float | None,
+    ):
+        hp = spec.hyperparameters
+        self.hp = hp
+        self.device = torch.device(spec.device)
+        self.dtype = TORCH_DTYPES[hp.dtype]
+        self.problem = Problem(spec.seed, hp.batch_size, hp.d_in, hp.hidden, hp.d_out, hp.dtype)
+        self._recorder = recorder
+        self._cancel = cancel
+        self._deadline = deadline
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """N, D_in, H, D_out."""
+        return self.hp.batch_size, self.hp.d_in, self.hp.hidden, self.hp.d_out
+
+    def steps(self) -> Iterator[int]:
+        """range(steps), checking for cancellation and the time limit before each step."""
+        for t in range(self.hp.steps):
+            if self._cancel.is_set():
+                raise Cancelled()
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise TimedOut()
+            yield t
+
+    def record(self, t: int, loss: Any) -> None:
+        """Hand step t's loss out (without a device sync on a GPU)."""
+        self._recorder.record(t, loss)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def run_job(
+    spec: JobSpec,
+    sink: LossSink,
+    cancel: threading.Event | None = None,
+    timeout_s: float | None = None,
+    flush_seconds: float = 0.005,
+) -> Outcome:
+    """Run one job to its end and say how it ended; losses go to `sink` as they are made."""
+    device = torch.device(spec.device)
+    recorder = LossRecorder(sink, spec.hyperparameters.steps, device, flush_seconds)
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    run = Run(spec, recorder, cancel or threading.Event(), deadline)
+    train = VARIANTS[spec.variant].train
+    # each job on its own CUDA stream, so concurrent jobs on one GPU don't serialise on the default
+    stream_ctx: Any = (
+        torch.cuda.stream(torch.cuda.Stream(device))
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    try:
+        # numpy warns on overflow; a diverging run is reported by the recorder instead
+        with stream_ctx, np.errstate(over="ignore", invalid="ignore"):
+            try:
+                train(run)
+            finally:
+                recorder.flush()
+    except Diverged as exc:
+        return Outcome(
+            "failed",
+            recorder.delivered,
+            "diverged",
+            f"the loss became {exc.loss} at step {exc.step}; try a smaller learning_rate",
+        )
+    except Cancelled:
+        return Outcome("cancelled", recorder.delivered)
+    except TimedOut:
+        return Outcome(
+            "failed",
+            recorder.delivered,
+            "timeout",
+            f"the job ran past its time limit of {timeout_s:g} s",
+        )
+    except Exception as exc:  # a fault in one job must not take its worker down
+        if _is_out_of_memory(exc):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return Outcome("failed", recorder.delivered, "out_of_memory", str(exc)[:500])
+        return Outcome(
+            "failed", recorder.delivered, "internal", f"{type(exc).__name__}: {exc}"[:500]
+        )
+    return Outcome("succeeded", recorder.delivered)
