@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -16,6 +19,7 @@ from app.api import health, jobs, pages, variants
 from app.api.deps import require_token
 from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
 from app.hub import EventHub
+from app.server import redact_tokens_in_logs
 from app.service import JobService
 from app.settings import Settings
 from app.store import Store
@@ -26,6 +30,7 @@ log = logging.getLogger("trainwire")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    redact_tokens_in_logs()  # `uvicorn app.main:app` logs requests too
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,16 +89,35 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)}
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc.errors())
+
     @app.exception_handler(InvalidField)
-    async def invalid(request: Request, exc: InvalidField) -> JSONResponse:
+    async def invalid(_: Request, exc: InvalidField) -> JSONResponse:
         # the same shape as FastAPI's own validation errors
-        return await _validation_response(request, RequestValidationError(exc.errors))
+        return _validation_response(exc.errors)
 
 
-async def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
-    from fastapi.exception_handlers import request_validation_exception_handler
+def _validation_response(errors: Sequence[Any]) -> JSONResponse:
+    """FastAPI's 422 body, made strict JSON whatever the client sent.
 
-    return await request_validation_exception_handler(request, exc)
+    FastAPI echoes each wrong value as `input`: a `NaN` (which Python's json parser accepts) or a
+    lone surrogate (`"\\ud800"`) would make rendering the error itself fail with a 500.
+    """
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": what was sent, as a string
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    return value
 
 
 app = create_app()

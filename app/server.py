@@ -3,14 +3,64 @@
 On SIGTERM uvicorn waits for every open connection before the lifespan's shutdown, and an SSE
 stream never closes by itself: so the server first tells the event hub to end every stream
 (each sends a last comment with a `retry:` hint and returns), then shuts down as usual.
+
+uvicorn's access log prints each request's query string, where a browser's EventSource carries
+the API token (`?access_token=`): a log filter replaces its value before any handler sees it.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import FastAPI
+
+TOKEN_QUERY_PARAMETER = "access_token"
+REDACTED = "[redacted]"
+
+
+def redact_query_tokens(text: str) -> str:
+    """`text` with the value of every `access_token` query parameter replaced."""
+    if "?" not in text or "=" not in text:
+        return text
+    head, query = text.split("?", 1)
+    # the value ends the query at the first space (an access-log line goes on after the URL)
+    query, space, tail = query.partition(" ")
+    parts = []
+    for part in query.split("&"):
+        key, eq, _value = part.partition("=")
+        # Starlette decodes the names too: `access%5Ftoken=` is the token as well
+        if eq and unquote_plus(key) == TOKEN_QUERY_PARAMETER:
+            part = f"{key}={REDACTED}"
+        parts.append(part)
+    return f"{head}?{'&'.join(parts)}{space}{tail}"
+
+
+class RedactQueryTokens(logging.Filter):
+    """Rewrites a record's message and arguments so that no query-string token reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_query_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        return True
+
+
+def _redact_arg(value: Any) -> Any:
+    return redact_query_tokens(value) if isinstance(value, str) else value
+
+
+def redact_tokens_in_logs() -> None:
+    """Install the filter on uvicorn's loggers (once; a filter on a logger survives dictConfig)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
+            logger.addFilter(RedactQueryTokens())
 
 
 class Server(uvicorn.Server):
@@ -36,5 +86,6 @@ def serve(host: str, port: int) -> int:
         proxy_headers=False,
     )
     config.loaded_app_state = app  # type: ignore[attr-defined]
+    redact_tokens_in_logs()  # after uvicorn.Config, which configures the loggers
     Server(config).run()
     return 0

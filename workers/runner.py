@@ -88,10 +88,16 @@ class Run:
         self._recorder.record(t, loss)
 
 
+# torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory:
+# ... Error code 12 (Cannot allocate memory)"), not torch.OutOfMemoryError as CUDA's does
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in message for m in _OUT_OF_MEMORY_MESSAGES)
 
 
 def run_job(

@@ -162,9 +162,10 @@ async def job_events(
     """Server-sent events: replay from the start (or from `after` / `Last-Event-ID`), then
     live, every step exactly once and in order. Idle streams carry `: ping` comments."""
     start = after if after is not None else -1
-    if after is None and last_event_id:
+    if last_event_id:
         try:
-            start = int(last_event_id)
+            # a browser reconnecting keeps its first URL's ?after=: the later position wins
+            start = max(start, int(last_event_id))
         except ValueError:
             raise InvalidField(
                 ("header", "last-event-id"), "must be the id of a loss event (a step)"

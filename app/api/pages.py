@@ -53,7 +53,7 @@ def mount_pages(app: FastAPI) -> None:
     )
     app.mount(STATIC_URL, RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 

@@ -14,6 +14,7 @@
   // further running jobs are followed by polling so that fetches are never starved.
   const MAX_STREAMS = 4;
   const MAX_TAIL_PAGES = 50;
+  const TEXT_INTERVAL_MS = 250;
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 30000;
   const PALETTE = [
@@ -83,8 +84,11 @@
     authNeeded: false,
     polling: false,
     hover: null, // {x, y} in CSS pixels over the chart
+    updatedAt: null, // when the job list was last fetched
     dirtyRows: new Set(),
     frame: 0,
+    textAt: -Infinity,
+    textTimer: 0,
   };
 
   // ---------------------------------------------------------------- HTTP
@@ -120,6 +124,7 @@
   }
 
   async function api(method, path, body) {
+    const sentToken = state.token;
     const headers = authHeaders({ Accept: "application/json" });
     const init = { method, headers, cache: "no-store" };
     if (body !== undefined) {
@@ -141,7 +146,8 @@
         data = text;
       }
     }
-    if (response.status === 401) requireToken();
+    // A request that left before a new token was saved says nothing about the new token.
+    if (response.status === 401 && sentToken === state.token) requireToken();
     if (!response.ok) throw new ApiError(response.status, data, response.headers.get("Retry-After"));
     return data;
   }
@@ -217,7 +223,8 @@
       const newRank = STATUS_RANK[job.status] ?? 0;
       if (newRank < oldRank) return old;
       if (newRank === oldRank && !isFinal(job) && (old.step ?? 0) > (job.step ?? 0)) {
-        job = { ...job, step: old.step, last_loss: old.last_loss };
+        job.step = old.step;
+        job.last_loss = old.last_loss;
       }
     }
     state.jobs.set(job.id, job);
@@ -238,9 +245,8 @@
         order.push(item.id);
       }
       state.order = order;
+      state.updatedAt = new Date();
       renderJobList();
-      $("#jobs-updated").textContent =
-        `${order.length === JOBS_LIMIT ? `newest ${JOBS_LIMIT}` : `${order.length} jobs`} \u00b7 updated ${new Date().toLocaleTimeString()}`;
       if (!state.authNeeded) setConnection("ok", "Connected");
       if (!state.restored) {
         state.restored = true;
@@ -454,6 +460,10 @@
       else cursor = cursor.nextElementSibling;
     }
     $("#jobs-empty").hidden = state.order.length > 0;
+    const count = state.order.length;
+    const shown = count === JOBS_LIMIT ? `newest ${JOBS_LIMIT}` : `${count} job${count === 1 ? "" : "s"}`;
+    const updated = state.updatedAt ? ` \u00b7 updated ${state.updatedAt.toLocaleTimeString()}` : "";
+    $("#jobs-updated").textContent = shown + updated;
     state.dirtyRows.clear();
   }
 
@@ -475,7 +485,7 @@
       color: nextColor(),
       points: [], // [step, loss | null], steps strictly increasing
       lastStep: -1,
-      mode: "loading", // loading | stream | poll | done | auth | gone
+      mode: "loading", // loading | stream | poll | retry | done | auth | gone
       source: null,
       statusEvents: 0,
       finalSeen: false,
@@ -487,6 +497,7 @@
     state.series.set(id, series);
     state.wanted.add(id);
     saveWanted();
+    state.textAt = -Infinity; // the legend and the row follow at the next frame
     markRow(id);
     if (userChoice) flashRow(id);
     startSeries(series);
@@ -501,6 +512,7 @@
     closeStream(series);
     clearTimeout(series.retryTimer);
     state.series.delete(id);
+    state.textAt = -Infinity;
     markRow(id);
     scheduleRender();
   }
@@ -565,12 +577,13 @@
     series.points = kept.concat(points.slice(cut));
   }
 
-  // The job row follows the freshest point we hold.
+  // The job row follows the freshest point we hold (called for every live loss: keep it cheap).
   function noteProgress(series) {
     const job = state.jobs.get(series.id);
     const last = series.points[series.points.length - 1];
     if (job && last && !isFinal(job) && last[0] + 1 >= (job.step ?? 0)) {
-      state.jobs.set(series.id, { ...job, step: last[0] + 1, last_loss: last[1] });
+      job.step = last[0] + 1;
+      job.last_loss = last[1];
       markRow(series.id);
     }
     scheduleRender();
@@ -728,7 +741,10 @@
     source.addEventListener("error", () => {
       if (!current()) return;
       if (series.finalSeen) {
-        endStream(series); // the server closed the stream after the last event
+        // The stream ended after a final status but without its closing event: whether it
+        // was cut short cannot be told, so the rest comes from the losses endpoint.
+        closeStream(series);
+        finishFromRest(series);
       } else if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (an error answer, a wrong content type): find out why, retry.
         closeStream(series);
@@ -836,7 +852,7 @@
           autocomplete: "off",
         });
         input.spellcheck = false;
-        input.value = String(value);
+        input.value = formatDefault(value);
       }
       input.dataset.field = name;
       input.dataset.kind = kind;
@@ -852,6 +868,12 @@
     device.replaceChildren(...choices.map((d) => el("option", { value: d, text: d })));
     device.value = choices.includes(previous) ? previous : "auto";
     clearErrors();
+  }
+
+  // 1e-6 rather than 0.000001: how the tutorial writes its learning rates.
+  function formatDefault(value) {
+    if (typeof value === "number" && value !== 0 && Math.abs(value) < 1e-3) return value.toExponential();
+    return String(value);
   }
 
   function parseValue(kind, raw, fallback) {
@@ -1009,13 +1031,23 @@
     return Math.max(1, nice * magnitude);
   }
 
+  // The chart is redrawn at most once a frame; the text around it (rows, legend) at most a few
+  // times a second, which is all a reader can follow and spares layout work on fast runs.
   function scheduleRender() {
     if (state.frame) return;
-    state.frame = requestAnimationFrame(() => {
+    state.frame = requestAnimationFrame((now) => {
       state.frame = 0;
-      renderDirtyRows();
       drawChart();
-      renderLegend();
+      if (now - state.textAt >= TEXT_INTERVAL_MS) {
+        state.textAt = now;
+        renderDirtyRows();
+        renderLegend();
+      } else if (!state.textTimer) {
+        state.textTimer = setTimeout(() => {
+          state.textTimer = 0;
+          scheduleRender();
+        }, TEXT_INTERVAL_MS);
+      }
     });
   }
 
@@ -1156,20 +1188,7 @@
       ctx.strokeStyle = series.color;
       ctx.fillStyle = series.color;
       ctx.beginPath();
-      let penDown = false;
-      let last = null;
-      for (const [step, loss] of series.points) {
-        if (loss === null || !(loss > 0)) {
-          penDown = false;
-          continue;
-        }
-        const px = x(step);
-        const py = y(loss);
-        if (penDown) ctx.lineTo(px, py);
-        else ctx.moveTo(px, py);
-        penDown = true;
-        last = [px, py];
-      }
+      const last = traceSeries(ctx, series.points, x, y);
       ctx.stroke();
       if (last) {
         ctx.beginPath();
@@ -1179,6 +1198,50 @@
     }
     ctx.restore();
     drawHover(ctx, seriesList);
+  }
+
+  // Adds a series to the current path and returns its last vertex. Where several points fall in
+  // one pixel column only the first, lowest, highest and last are drawn: the same picture, with
+  // at most four vertices a column however long the run.
+  function traceSeries(ctx, points, x, y) {
+    let column = NaN;
+    let first = 0;
+    let low = 0;
+    let high = 0;
+    let lastY = 0;
+    let penDown = false;
+    let end = null;
+    const flush = () => {
+      if (Number.isNaN(column)) return;
+      if (penDown) ctx.lineTo(column, first);
+      else ctx.moveTo(column, first);
+      if (low !== first) ctx.lineTo(column, low);
+      if (high !== low) ctx.lineTo(column, high);
+      if (lastY !== high) ctx.lineTo(column, lastY);
+      penDown = true;
+      end = [column, lastY];
+      column = NaN;
+    };
+    for (const [step, loss] of points) {
+      if (loss === null || !(loss > 0)) {
+        flush();
+        penDown = false;
+        continue;
+      }
+      const px = Math.round(x(step));
+      const py = y(loss);
+      if (px !== column) {
+        flush();
+        column = px;
+        first = low = high = lastY = py;
+      } else {
+        if (py < low) low = py;
+        if (py > high) high = py;
+        lastY = py;
+      }
+    }
+    flush();
+    return end;
   }
 
   function nearestPoint(points, step) {

@@ -1,0 +1,113 @@
+"""GPU code paths: each torch variant on CUDA, losses leaving the device without per-step syncs,
+out-of-memory contained to its job, and the pool's GPU workers. Skipped where there is no GPU.
+
+Needs torch, numpy and pydantic only (no service), so it runs on a bare GPU host:
+`python -m pytest --noconftest -m gpu tests/gpu` (what `make gpu-check` does).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+
+from workers.hyperparameters import Limits, parse_hyperparameters
+from workers.pool import WorkerPool
+from workers.runner import JobSpec, Outcome, run_job
+from workers.variants import VARIANTS
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+TORCH_VARIANTS = [name for name, v in VARIANTS.items() if "cuda" in v.devices]
+NO_LIMITS = Limits(max_steps=10**9, max_job_bytes=1 << 62)
+
+
+def spec(variant: str, seed: int = 0, device: str = "cuda:0", **hp: object) -> JobSpec:
+    model = VARIANTS[variant].hyperparameters
+    return JobSpec(
+        variant, parse_hyperparameters(model, dict(hp), variant, NO_LIMITS), seed, device
+    )
+
+
+def losses_of(job: JobSpec) -> tuple[Outcome, list[float]]:
+    got: list[float] = []
+    outcome = run_job(job, lambda first, values: got.extend(values))
+    return outcome, got
+
+
+@pytest.mark.parametrize("variant", TORCH_VARIANTS)
+def test_variant_on_gpu_follows_the_cpu_curve(variant: str) -> None:
+    gpu_outcome, gpu = losses_of(spec(variant, dtype="float64"))
+    cpu_outcome, cpu = losses_of(spec(variant, dtype="float64", device="cpu"))
+    assert gpu_outcome.status == cpu_outcome.status == "succeeded"
+    assert len(gpu) == len(cpu) == 50
+    for g, c in zip(gpu, cpu, strict=True):
+        assert g == pytest.approx(c, rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["tensors", "optim"])
+def test_losses_leave_the_gpu_without_a_sync_per_step(variant: str) -> None:
+    job = spec(variant, steps=300)
+    losses_of(job)  # warm up: first-use allocations may sync
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome, got = losses_of(job)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert outcome.status == "succeeded" and len(got) == 300
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # the end of the run waits for the device once; nothing per step
+    assert len(syncs) <= 5, [str(w.message) for w in syncs[:5]]
+
+
+def test_divergence_on_gpu_stops_at_the_first_non_finite_step() -> None:
+    outcome, got = losses_of(spec("tensors", learning_rate=1e-2, dtype="float32", steps=200))
+    assert outcome.status == "failed" and outcome.error_code == "diverged"
+    assert got and not torch.isfinite(torch.tensor(got[-1]))
+    assert all(torch.isfinite(torch.tensor(got[:-1])))
+
+
+def test_out_of_memory_fails_only_that_job_and_frees_the_device() -> None:
+    free, total = torch.cuda.mem_get_info()
+    huge = int((total / 8) ** 0.5) * 2  # w1 alone: more than the whole card in float64
+    outcome, _ = losses_of(spec("tensors", d_in=huge, hidden=huge, dtype="float64"))
+    assert outcome.status == "failed" and outcome.error_code == "out_of_memory"
+    assert torch.cuda.memory_allocated() < 64 << 20
+    outcome, got = losses_of(spec("tensors"))
+    assert outcome.status == "succeeded" and len(got) == 50
+
+
+def test_pool_runs_concurrent_jobs_on_one_gpu() -> None:
+    finished: dict[str, Outcome] = {}
+    done = threading.Semaphore(0)
+    started: dict[str, str] = {}
+
+    def on_finish(job_id: str, outcome: Outcome) -> None:
+        finished[job_id] = outcome
+        done.release()
+
+    pool = WorkerPool(
+        cpu_workers=0,
+        jobs_per_gpu=4,
+        cpu_threads=1,
+        max_queued=100,
+        on_start=lambda job_id, device: started.__setitem__(job_id, device),
+        sink_for=lambda _: lambda *_: None,
+        on_finish=on_finish,
+        gpus=["cuda:0"],
+    )
+    pool.start()
+    for i in range(8):
+        pool.submit(f"job{i}", spec(TORCH_VARIANTS[i % len(TORCH_VARIANTS)], i, device="cuda"))
+    for _ in range(8):
+        assert done.acquire(timeout=120)
+    pool.stop()
+    assert all(o.status == "succeeded" for o in finished.values())
+    assert set(started.values()) == {"cuda:0"}
