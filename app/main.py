@@ -27,6 +27,22 @@ from workers.pool import QueueFull
 
 log = logging.getLogger("trainwire")
 
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "The server sets TRAINWIRE_API_TOKEN and the request lacks it.",
+        "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"detail": {"type": "string"}},
+                    "required": ["detail"],
+                }
+            }
+        },
+    }
+}
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -65,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After"],
         )
     auth = [Depends(require_token)]
-    app.include_router(variants.router, prefix="/v1", dependencies=auth)
-    app.include_router(jobs.router, prefix="/v1", dependencies=auth)
+    app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
+    app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
     app.include_router(health.router)
     pages.mount_pages(app)
     _add_error_handlers(app)

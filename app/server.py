@@ -11,6 +11,8 @@ the API token (`?access_token=`): a log filter replaces its value before any han
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -87,5 +89,13 @@ def serve(host: str, port: int) -> int:
     )
     config.loaded_app_state = app  # type: ignore[attr-defined]
     redact_tokens_in_logs()  # after uvicorn.Config, which configures the loggers
+    # uvicorn raises a SIGTERM again once it has shut down, so that the process dies of it (exit
+    # status 143); a stop that was asked for and went cleanly should exit 0. uvicorn puts this
+    # handler back before raising the signal again.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     Server(config).run()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

@@ -47,7 +47,10 @@ def _cursor_decode(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith("pk:"):
             raise ValueError(text)
-        return int(text[3:])
+        pk = int(text[3:])
+        if not 0 <= pk < 2**63:
+            raise ValueError(pk)
+        return pk
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidField(("query", "cursor"), "not a cursor this service handed out") from None
 
@@ -117,8 +120,7 @@ class JobService:
                 [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
             ) from None
         device = self._resolve_device(req.device, variant.devices)
-        if self.pool.queued() >= self.settings.max_queued:
-            self.pool.submit("", JobSpec(req.variant, hp, 0, device))  # raises QueueFull
+        self.pool.check_room()  # a full queue answers 429 before anything is stored
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         values = {
             "id": secrets.token_hex(8),
@@ -228,10 +230,14 @@ class JobService:
         self, job_id: str, max_points: int, after: int
     ) -> tuple[list[int], list[float | None]]:
         row = await self._row(job_id)
+        # the steps stored when the job was read: a running job stores more meanwhile, and
+        # buckets sized for fewer steps than are read would return more than max_points
+        first = after + 1
         return await run_in_threadpool(
             downsample,
             self.store.iter_losses(row["pk"], after),
-            row["step"] - after - 1,
+            first,
+            max(0, row["step"] - first),
             max_points,
         )
 
@@ -270,34 +276,50 @@ class JobService:
                 return
             while True:
                 if cursor < channel.first_seq:  # fell out of the window: catch up from the store
-                    cursor = channel.next_seq
+                    # then go on from the oldest chunk still held: the losses in it are skipped
+                    # by step, but a status in it (the final one above all) must not be lost
+                    cursor = channel.first_seq
                     async for data, replayed_to in self._replay(row["pk"], next_step, None):
                         yield data
                         next_step = replayed_to
+                out: list[bytes] = []  # sent as one write: fewer syscalls per wake-up
+                final = False
                 for chunk in channel.since(cursor):
                     cursor = chunk.seq + 1
                     if chunk.is_losses:
                         if chunk.end_step <= next_step:
                             continue
                         if chunk.first_step > next_step:  # a gap: the store has it
+                            if out:
+                                yield _joined(out)
+                                out = []
                             async for data, replayed_to in self._replay(
                                 row["pk"], next_step, chunk.first_step
                             ):
                                 yield data
                                 next_step = replayed_to
                         if chunk.first_step == next_step:
-                            yield chunk.data  # the shared bytes, encoded once
+                            out.append(chunk.data)  # the shared bytes, encoded once
                         else:
                             skip = next_step - chunk.first_step
-                            yield encode_losses(next_step, chunk.values[skip:])
+                            out.append(encode_losses(next_step, chunk.values[skip:]))
                         next_step = chunk.end_step
                     else:
-                        yield chunk.data
+                        out.append(chunk.data)
                         if chunk.final:
-                            return
+                            final = True
+                            break
+                if out:
+                    yield _joined(out)
+                if final:
+                    return
                 if self.hub.closing.is_set():
                     yield format_sse_event(comment="server shutting down", retry=1000)
                     return
+                if cursor < channel.next_seq:
+                    # more arrived while we were sending: `changed` has already been set and
+                    # replaced, so waiting on it now would sleep until the next event or ping
+                    continue
                 try:
                     await asyncio.wait_for(channel.changed.wait(), KEEPALIVE_SECONDS)
                 except TimeoutError:
@@ -395,6 +417,10 @@ class JobService:
         )
 
 
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class InvalidFields(InvalidField):
     def __init__(self, errors: list[dict[str, Any]]):
         Exception.__init__(self, "; ".join(e["msg"] for e in errors))
@@ -402,9 +428,13 @@ class InvalidFields(InvalidField):
 
 
 def downsample(
-    pages: Iterator[tuple[list[int], list[float | None]]], total: int, max_points: int
+    pages: Iterator[tuple[list[int], list[float | None]]],
+    first: int,
+    total: int,
+    max_points: int,
 ) -> tuple[list[int], list[float | None]]:
-    """At most max_points real points: each bucket of steps keeps its lowest and highest loss."""
+    """At most max_points real points of steps [first, first + total): each bucket of steps
+    keeps its lowest and highest loss."""
     per_bucket = 2 if max_points >= 2 else 1
     buckets = max(1, max_points // per_bucket)
     width = max(1, math.ceil(max(total, 1) / buckets))
@@ -424,9 +454,14 @@ def downsample(
         if per_bucket == 2 and hi is not None:
             kept[hi[0]] = hi
 
+    end = first + total
     for steps, values in pages:
+        if steps[0] >= end:
+            break
         for step, value in zip(steps, values, strict=True):
-            bucket = step // width
+            if step >= end:
+                break
+            bucket = (step - first) // width
             if bucket != current:
                 if current >= 0:
                     close()

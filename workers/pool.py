@@ -98,12 +98,18 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
+    def check_room(self) -> None:
+        """Raise QueueFull (with a Retry-After estimate) when the queue is at its limit."""
+        with self._cond:
+            if len(self._queue) >= self.max_queued:
+                busy = max(1, len(self._threads))
+                raise QueueFull(max(1, round(len(self._queue) * self._job_seconds / busy)))
+
     def submit(self, job_id: str, spec: JobSpec, force: bool = False) -> None:
         """Queue a job; raises QueueFull when the queue is at its limit (unless force)."""
         with self._cond:
-            if not force and len(self._queue) >= self.max_queued:
-                busy = max(1, len(self._threads))
-                raise QueueFull(max(1, round(len(self._queue) * self._job_seconds / busy)))
+            if not force:
+                self.check_room()  # the condition's lock is reentrant
             self._queue.append(_Queued(job_id, spec))
             self._cond.notify_all()
 
@@ -150,14 +156,22 @@ class WorkerPool:
                 self._cond.wait()
             return None
 
-    def _wait_for_memory(self, item: _Queued, device: str) -> bool:
+    def _wait_for_memory(self, item: _Queued, device: str) -> Outcome | None:
+        """Wait until the device has room for the job; an Outcome if it must not run."""
         need = estimate_job_bytes(item.spec.variant, item.spec.hyperparameters)
         while not item.cancel.is_set():
-            free, _total = torch.cuda.mem_get_info(torch.device(device))
+            free, total = torch.cuda.mem_get_info(torch.device(device))
+            if need > total:
+                return Outcome(
+                    "failed",
+                    0,
+                    "out_of_memory",
+                    f"the job needs about {need:,} bytes; {device} has {total:,} in all",
+                )
             if free >= need:
-                return True
+                return None
             time.sleep(0.1)
-        return False
+        return Outcome("interrupted" if self._stopping else "cancelled", 0)
 
     def _work(self, device: str) -> None:
         if device == "cpu":
@@ -171,8 +185,9 @@ class WorkerPool:
             began = time.monotonic()
             spec = replace(item.spec, device=device)
             try:
-                if device != "cpu" and not self._wait_for_memory(item, device):
-                    outcome = Outcome("cancelled", 0)
+                refused = self._wait_for_memory(item, device) if device != "cpu" else None
+                if refused is not None:
+                    outcome = refused
                 else:
                     self._on_start(item.job_id, device)
                     outcome = run_job(
@@ -186,11 +201,14 @@ class WorkerPool:
                 log.exception("job %s failed outside its run", item.job_id)
                 outcome = Outcome("failed", 0, "internal", f"{type(exc).__name__}: {exc}"[:500])
             with self._cond:
-                del self._running[item.job_id]
                 if self._stopping and outcome.status == "cancelled":
                     outcome = replace(outcome, status="interrupted")
                 self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - began)
             try:
+                # the job counts as running until its end is recorded, so that a cancel arriving
+                # meanwhile cannot overwrite a success
                 self._on_finish(item.job_id, outcome)
             except Exception:
                 log.exception("recording the end of job %s failed", item.job_id)
+            with self._cond:
+                del self._running[item.job_id]

@@ -113,13 +113,14 @@ def run_job(
     deadline = time.monotonic() + timeout_s if timeout_s else None
     run = Run(spec, recorder, cancel or threading.Event(), deadline)
     train = VARIANTS[spec.variant].train
-    # each job on its own CUDA stream, so concurrent jobs on one GPU don't serialise on the default
-    stream_ctx: Any = (
-        torch.cuda.stream(torch.cuda.Stream(device))
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
     try:
+        # each job on its own CUDA stream, so concurrent jobs on one GPU don't serialise on the
+        # default one; made inside the try, so a device without CUDA fails the job, not the caller
+        stream_ctx: Any = (
+            torch.cuda.stream(torch.cuda.Stream(device))
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         # numpy warns on overflow; a diverging run is reported by the recorder instead
         with stream_ctx, np.errstate(over="ignore", invalid="ignore"):
             try:

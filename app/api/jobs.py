@@ -15,6 +15,8 @@ from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+MAX_STEP = 2**53  # steps are far fewer; bounds keep every value an SQL integer
+
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 
 
@@ -25,6 +27,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with
     responses={
         201: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {}}}},
         413: {"description": "The body is over 1 MiB."},
+        400: {"description": "The body is not UTF-8 text."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
         429: {"description": "The queue is full; see Retry-After."},
     },
@@ -99,7 +102,7 @@ async def get_losses(
     job_id: str,
     service: Service,
     request: Request,
-    after: Annotated[int, Query(ge=-1, description="Only steps after this one.")] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_STEP, description="Only steps after this one.")] = -1,
     limit: Annotated[int, Query(ge=1, le=100_000, description="Most points per page.")] = 10_000,
     max_points: Annotated[
         int | None,
@@ -152,7 +155,8 @@ async def job_events(
     job_id: str,
     service: Service,
     after: Annotated[
-        int | None, Query(ge=-1, description="Start the losses after this step.")
+        int | None,
+        Query(ge=-1, le=MAX_STEP, description="Start the losses after this step."),
     ] = None,
     last_event_id: Annotated[
         str | None,
@@ -165,7 +169,10 @@ async def job_events(
     if last_event_id:
         try:
             # a browser reconnecting keeps its first URL's ?after=: the later position wins
-            start = max(start, int(last_event_id))
+            resume = int(last_event_id)
+            if resume > MAX_STEP:
+                raise ValueError(resume)
+            start = max(start, resume)
         except ValueError:
             raise InvalidField(
                 ("header", "last-event-id"), "must be the id of a loss event (a step)"

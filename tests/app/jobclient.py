@@ -17,6 +17,7 @@ import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
 FINAL = {"succeeded", "failed", "cancelled"}
+IDLE_SECONDS = 10.0
 
 JOB_FIELDS = {
     "id",
@@ -114,13 +115,23 @@ def read_events(
     timeout: float = 60.0,
     on_event: Any = None,
 ) -> Stream:
-    """Every event of the job's stream until the server ends it; fails after `timeout` s."""
+    """Every event of the job's stream until the server ends it; fails after `timeout` s.
+
+    Also fails when nothing arrives for IDLE_SECONDS: the jobs read here make a step every few
+    milliseconds, so a silent stream (keep-alive comments come every 15 s) is one that is stuck.
+    """
     deadline = time.monotonic() + timeout
     events: list[ServerSentEvent] = []
     with connect_sse(
-        client, "GET", f"/v1/jobs/{job_id}/events", params=params, headers=dict(headers or {})
+        client,
+        "GET",
+        f"/v1/jobs/{job_id}/events",
+        params=params,
+        headers=dict(headers or {}),
+        timeout=httpx.Timeout(30.0, read=IDLE_SECONDS),
     ) as source:
         assert source.response.status_code == 200, source.response.read()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
         for event in source.iter_sse():
             if event.data:
                 strict_json(event.data)

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, submit, wait_final, wait_for
 from jobclient import Stream, all_losses, body, read_events
+from servers import Server, submit, wait_final, wait_for
 
-# small tensors: a step costs far less than its bookkeeping, so runs are long in steps, short in time
+# small tensors: a step costs less than its bookkeeping: long runs in steps, short in time
 TINY = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2}
 
 
@@ -114,7 +114,8 @@ def test_concurrent_subscribers_all_get_the_same_complete_stream(shared_server: 
         resumed_stream = resumed.result(timeout=110)
         stored = all_losses(client, job["id"])
 
-    assert any(s.statuses[0]["step"] > 1000 for s in streams[2:])  # they did join mid-run
+    joined = [s.statuses[0] for s in streams[2:]]
+    assert any(j["status"] == "running" and j["step"] > 1000 for j in joined), joined  # mid-run
     for stream in streams:
         stream.assert_complete(first_step=0, final_status="succeeded")
         assert (stream.steps, stream.losses) == stored

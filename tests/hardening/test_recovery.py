@@ -1,0 +1,130 @@
+"""kill -9 in the middle of a run: the next start finishes everything, and the curve is exact.
+
+One worker runs a long job (the tensors program on a small problem, 20,000 steps, fixed seed) with
+two more queued behind it when the process is killed with no chance to clean up. A new server on
+the same SQLite file must run the queued jobs, run the interrupted one again (its stored steps
+are recomputed bit for bit and not stored twice), and end it with exactly the curve of an
+uninterrupted run with the same seed and hyperparameters.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+from servers import FINAL, Server, submit, wait_for
+
+CURVE = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 20_000}
+SEED = 1234
+KILL_AFTER_STEP = 2_000
+
+
+def stored_steps(db_path: Path, job_id: str) -> tuple[int, int, int | None, int | None]:
+    """(rows, distinct steps, first step, last step) of the job's losses, read from the file."""
+    with closing(sqlite3.connect(db_path)) as db:
+        row = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM losses "
+            "WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?)",
+            (job_id,),
+        ).fetchone()
+    return row[0], row[1], row[2], row[3]
+
+
+def all_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
+    page = client.get(f"/v1/jobs/{job_id}/losses", params={"limit": 100_000}).json()
+    assert page["next_after"] is None
+    return page["steps"], page["losses"]
+
+
+class Subscriber(threading.Thread):
+    """Reads one job's event stream until the server ends it."""
+
+    def __init__(self, url: str, job_id: str):
+        super().__init__(daemon=True)
+        self.url, self.job_id = url, job_id
+        self.events: list[tuple[str, str]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.url, timeout=60) as client,
+                connect_sse(client, "GET", f"/v1/jobs/{self.job_id}/events") as source,
+            ):
+                self.events.extend((sse.event, sse.data) for sse in source.iter_sse())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
+    make_server: Callable[..., Server],
+) -> None:
+    first = make_server(TRAINWIRE_CPU_WORKERS="1")
+    with first.client() as client:
+        long = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        queued = [submit(client, "numpy", hp={"steps": 20}, seed=s)["id"] for s in (1, 2)]
+
+        def long_is_well_under_way() -> bool:
+            job = client.get(f"/v1/jobs/{long}").json()
+            assert job["status"] in ("queued", "running"), job
+            return bool(job["step"] >= KILL_AFTER_STEP)
+
+        wait_for(long_is_well_under_way, timeout=60, interval=0.01)
+    first.kill()
+
+    with closing(sqlite3.connect(first.db_path)) as db:
+        left = dict(db.execute("SELECT id, status FROM jobs").fetchall())
+    assert left == {long: "running", queued[0]: "queued", queued[1]: "queued"}
+    rows, distinct, low, high = stored_steps(first.db_path, long)
+    assert rows == distinct and low == 0 and high == rows - 1 and rows >= KILL_AFTER_STEP
+
+    second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
+    subscriber = Subscriber(second.url, long)
+    subscriber.start()
+    mine = [long, *queued]
+    with second.client() as client:
+
+        def all_final() -> bool:
+            running = client.get("/v1/jobs", params={"status": "running"}).json()["items"]
+            assert len(running) <= 1, "more jobs running than there are workers"
+            jobs = [client.get(f"/v1/jobs/{j}").json() for j in mine]
+            return all(job["status"] in FINAL for job in jobs)
+
+        wait_for(all_final, timeout=90, interval=0.1)
+        rerun, *others = (client.get(f"/v1/jobs/{j}").json() for j in mine)
+        assert [job["status"] for job in others] == ["succeeded", "succeeded"]
+        assert rerun["status"] == "succeeded", rerun
+        assert rerun["error"] is None
+        assert rerun["attempts"] == 2
+        assert rerun["step"] == CURVE["steps"]
+
+        # the same job, never interrupted
+        reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 90)
+        steps, losses = all_losses(client, long)
+        reference_steps, reference_losses = all_losses(client, reference)
+        assert steps == reference_steps == list(range(CURVE["steps"]))
+        assert losses == reference_losses  # bit for bit: JSON floats round-trip exactly
+
+        # nothing is left running or queued without a worker
+        for status in ("running", "queued"):
+            assert client.get("/v1/jobs", params={"status": status}).json()["items"] == []
+
+    n = CURVE["steps"]
+    assert stored_steps(second.db_path, long) == (n, n, 0, n - 1)
+
+    subscriber.join(60)
+    assert not subscriber.is_alive(), "the stream did not end"
+    assert subscriber.error is None, repr(subscriber.error)
+    statuses: list[dict[str, Any]] = [json.loads(d) for e, d in subscriber.events if e == "status"]
+    assert statuses[-1]["status"] == "succeeded"
+    assert len(statuses) >= 2
+    seen = [json.loads(d)["step"] for e, d in subscriber.events if e == "loss"]
+    assert seen == list(range(n))  # every step once, in order, across the replay and live parts

@@ -1,0 +1,95 @@
+"""SIGTERM with a job running and three browsers watching it.
+
+The server must end every event stream cleanly (each client sees its stream close, with no
+broken read and no hang), exit 0 within 10 s, and leave the interrupted job queued, so that the
+next start runs it to the end with every step stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+
+import httpx
+from httpx_sse import connect_sse
+from servers import Server, submit, wait_final, wait_for
+
+# the tensors program on a small problem: a few seconds of steps, so it is mid-run at SIGTERM
+LONG = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 30_000}
+SUBSCRIBERS = 3
+
+
+class Subscriber(threading.Thread):
+    """Reads one job's event stream until the server ends it; notes how it ended."""
+
+    def __init__(self, url: str, job_id: str):
+        super().__init__(daemon=True)
+        self.url, self.job_id = url, job_id
+        self.losses = 0
+        self.error: BaseException | None = None
+        self.ended_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.url, timeout=30) as client,
+                connect_sse(client, "GET", f"/v1/jobs/{self.job_id}/events") as source,
+            ):
+                for sse in source.iter_sse():
+                    self.losses += sse.event == "loss"
+        except BaseException as exc:  # a broken read is a failure of the test
+            self.error = exc
+        self.ended_at = time.monotonic()
+
+
+def test_sigterm_ends_streams_exits_0_and_the_job_runs_again(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(TRAINWIRE_CPU_WORKERS="1")
+    with server.client() as client:
+        job_id = submit(client, "tensors", hp=LONG, seed=5, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running")
+        subscribers = [Subscriber(server.url, job_id) for _ in range(SUBSCRIBERS)]
+        for s in subscribers:
+            s.start()
+        wait_for(lambda: all(s.losses > 0 for s in subscribers))  # all three are live
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+
+    assert server.process is not None
+    sent = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=10)
+    took = time.monotonic() - sent
+    assert code == 0, server.log()
+    assert took < 10
+
+    for s in subscribers:
+        s.join(5)
+        assert not s.is_alive(), "a stream was still open after the server exited"
+        assert s.error is None, repr(s.error)
+        assert s.ended_at is not None and s.ended_at - sent < 10
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "Application shutdown complete" in log
+
+    with closing(sqlite3.connect(server.db_path)) as db:
+        status, step = db.execute(
+            "SELECT status, step FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    assert status == "queued", "the interrupted job is back in the queue"
+    assert 0 < step < LONG["steps"]
+
+    restarted = make_server(data_dir=server.data_dir, TRAINWIRE_CPU_WORKERS="1")
+    with restarted.client() as client:
+        job = wait_final(client, job_id, timeout=90)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2
+        page = client.get(f"/v1/jobs/{job_id}/losses", params={"limit": 100_000}).json()
+        assert page["steps"] == list(range(LONG["steps"]))
+        assert all(isinstance(v, float) for v in page["losses"])
+        assert json.loads(client.get(f"/v1/jobs/{job_id}").text)["step"] == LONG["steps"]
