@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -65,6 +66,9 @@ def _run(args: argparse.Namespace) -> int:
             )
         return 2
     device = args.device
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        print(f"--device: {device!r} is not cpu, cuda or cuda:N", file=sys.stderr)
+        return 2
     if device == "cuda":
         device = "cuda:0"
     if device != "cpu" and "cuda" not in variant.devices:

@@ -266,7 +266,10 @@ class JobService:
         try:
             cursor = channel.next_seq
             row = await self._row(job_id)
-            yield encode_status(Job.from_row(row).model_dump_json())
+            # retry: a dropped browser reconnects after 1 s (with Last-Event-ID), not 3 s
+            yield format_sse_event(
+                data_str=Job.from_row(row).model_dump_json(), event="status", retry=1000
+            )
             next_step = after + 1
             async for data, replayed_to in self._replay(row["pk"], next_step, None):
                 yield data

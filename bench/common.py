@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -425,15 +426,14 @@ class Conn:
     async def body_pieces(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
         """The body as it arrives: each chunk of a chunked body, or the whole fixed-size body."""
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                line = await self.reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0], 16)
-                if size == 0:
-                    while await self.reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailers
-                    return
-                data = await self.reader.readexactly(size + 2)
-                yield data[:-2]
+            decoder = ChunkedDecoder()
+            while not decoder.done:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise asyncio.IncompleteReadError(bytes(decoder.buffer), None)
+                payload = decoder.feed(data)
+                if payload:
+                    yield payload
         elif "content-length" in headers:
             length = int(headers["content-length"])
             if length:
@@ -449,19 +449,77 @@ class Conn:
         data = b"".join([piece async for piece in self.body_pieces(resp_headers)])
         return Response(status, resp_headers, data)
 
-    async def events(
+    async def stream(
         self, path: str, headers: dict[str, str] | None = None
-    ) -> AsyncIterator[list[Event]]:
-        """GET an SSE stream; yield its events as they arrive, a list per received chunk."""
+    ) -> AsyncIterator[bytes]:
+        """GET an SSE stream; yield the raw bytes of its complete events as they arrive."""
         status, resp_headers = await self._send_and_read_head("GET", path, None, headers)
         if status != 200:
             body = b"".join([p async for p in self.body_pieces(resp_headers)])
             raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
-        parser = SSEParser()
+        blocks = EventBlocks()
         async for piece in self.body_pieces(resp_headers):
-            events = parser.feed(piece)
+            block = blocks.feed(piece)
+            if block:
+                yield block
+
+    async def events(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[list[Event]]:
+        """GET an SSE stream; yield its events as they arrive, a list per received chunk."""
+        parser = SSEParser()
+        async for block in self.stream(path, headers):
+            events = parser.feed(block)
             if events:
                 yield events
+
+
+class ChunkedDecoder:
+    """Decodes a chunked HTTP body as it arrives (no trailers)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.chunks = 0  # complete chunks so far: one per write of the server
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload of every chunk that `data` completes (b"" if none)."""
+        self.buffer += data
+        pieces, pos = [], 0
+        while (eol := self.buffer.find(b"\r\n", pos)) >= 0:
+            size = int(bytes(self.buffer[pos:eol]).split(b";", 1)[0], 16)
+            if size == 0:
+                end = self.buffer.find(b"\r\n\r\n", eol)
+                if end < 0:
+                    break
+                if end + 4 != len(self.buffer):
+                    raise RuntimeError("bytes after the end of a response")
+                self.done = True
+                pos = end + 4
+                break
+            if len(self.buffer) < eol + 4 + size:
+                break
+            pieces.append(bytes(self.buffer[eol + 2 : eol + 2 + size]))
+            self.chunks += 1
+            pos = eol + 4 + size
+        del self.buffer[:pos]
+        return b"".join(pieces)
+
+
+class EventBlocks:
+    """Cuts a byte stream into runs of complete server-sent events (each ends with a blank line)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._rest + data if self._rest else data
+        cut = data.rfind(b"\n\n") + 2
+        if cut < 2:
+            self._rest = data
+            return b""
+        self._rest = data[cut:]
+        return data[:cut]
 
 
 class SSEParser:
@@ -588,6 +646,10 @@ def standalone(name: str, run: Callable[[bool], list[Figure]]) -> int:
     return 0
 
 
+_ID_LINE = re.compile(rb"^id: (\d+)$", re.MULTILINE)
+_STATUS_EVENT = re.compile(rb"^event: status\ndata: (.*)$", re.MULTILINE)
+
+
 @dataclass
 class Subscriber:
     """One SSE subscriber's record of a stream: steps in order, statuses, when it ended."""
@@ -600,6 +662,29 @@ class Subscriber:
     ended_at: float = math.nan
     error: str | None = None
 
+    def check(self, block: bytes) -> bool:
+        """Account for a block of complete events; True if it held a status event.
+
+        A fast path for many streams (regular expressions, no per-event parsing): only `loss`
+        events carry an `id:` line (the step), and each must be the next step; no loss may follow
+        the final status.
+        """
+        ids = _ID_LINE.findall(block)
+        if ids:
+            first = self.steps_seen
+            if (self.statuses and self.statuses[-1] in FINAL) or list(map(int, ids)) != list(
+                range(first, first + len(ids))
+            ):
+                self.out_of_order += 1
+            self.steps_seen += len(ids)
+        found = False
+        for match in _STATUS_EVENT.finditer(block):
+            found = True
+            self.statuses.append(json.loads(match.group(1))["status"])
+            if self.statuses[-1] in FINAL and _ID_LINE.search(block, match.end()):
+                self.out_of_order += 1
+        return found
+
     def complete(self, steps: int) -> bool:
         return (
             self.error is None
@@ -608,6 +693,68 @@ class Subscriber:
             and bool(self.statuses)
             and self.statuses[-1] in FINAL
         )
+
+
+class _Follower(asyncio.Protocol):
+    """One subscriber as a bare protocol: parses in data_received, no task wake-up per read."""
+
+    def __init__(
+        self, request: bytes, record: Subscriber, first_status: Callable[[], None], done: Any
+    ):
+        self.request = request
+        self.record = record
+        self.first_status = first_status
+        self.done: asyncio.Future[None] = done
+        self.head = bytearray()
+        self.decoder: ChunkedDecoder | None = None
+        self.blocks = EventBlocks()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except Exception as exc:
+            self._finish(exc)
+
+    def _feed(self, data: bytes) -> None:
+        if self.decoder is None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.head[:end]).decode("latin-1").lower()
+            if head.split(" ", 2)[1] != "200" or "transfer-encoding: chunked" not in head:
+                raise RuntimeError(f"unexpected answer: {head[:200]!r}")
+            data = bytes(self.head[end + 4 :])
+            self.decoder = ChunkedDecoder()
+        block = self.blocks.feed(self.decoder.feed(data))
+        self.record.chunks = self.decoder.chunks
+        if block and self.record.check(block) and len(self.record.statuses) == 1:
+            self.first_status()
+        if self.decoder.done:
+            self.record.ended_at = time.time()
+            self._finish(None)
+
+    def _finish(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed before the stream's end ({exc})"))
 
 
 async def subscribe(
@@ -622,31 +769,29 @@ async def subscribe(
     `gate` bounds concurrent connection attempts; `connected` is released once the first
     `status` event has arrived (or the stream failed before it).
     """
-    conn: Conn | None = None
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def first_status() -> None:
+        record.connected_at = time.time()
+        connected.release()
+
+    request = f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    transport: asyncio.BaseTransport | None = None
     try:
         async with gate:
-            conn = await Conn.open(port)
-        async for events in conn.events(f"/v1/jobs/{job_id}/events"):
-            record.chunks += 1
-            for kind, event_id, data in events:
-                if kind == "loss":
-                    if event_id is None or int(event_id) != record.steps_seen:
-                        record.out_of_order += 1
-                    record.steps_seen += 1
-                elif kind == "status":
-                    record.statuses.append(json.loads(data)["status"])
-                    if len(record.statuses) == 1:
-                        record.connected_at = time.time()
-                        connected.release()
-        record.ended_at = time.time()
+            transport, _ = await loop.create_connection(
+                lambda: _Follower(request, record, first_status, done), HOST, port
+            )
+        await done
     except Exception as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         if math.isnan(record.connected_at):
             record.connected_at = math.inf
             connected.release()
-        if conn is not None:
-            await conn.close()
+        if transport is not None:
+            transport.close()
 
 
 async def open_subscribers(

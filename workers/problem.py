@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -46,46 +46,40 @@ class Problem:
     hidden: int
     d_out: int
     dtype: Literal["float32", "float64"]
-    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def _normal(self, stream: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in self._cache:
-            rng = _generator(self.seed, stream)
-            # draw every array of the stream in a fixed order, so each one is the same
-            # whichever is asked for first
-            if stream == _STREAM_DATA:
-                order = {"x": (self.batch_size, self.d_in), "y": (self.batch_size, self.d_out)}
-            else:
-                order = {"w1": (self.d_in, self.hidden), "w2": (self.hidden, self.d_out)}
-            for key, key_shape in order.items():
-                self._cache[key] = rng.standard_normal(key_shape).astype(self.dtype)
-        assert self._cache[name].shape == shape
-        return self._cache[name]
+    def _data(self) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, D_in) and y (N, D_out), drawn in this order from stream 0."""
+        rng = _generator(self.seed, _STREAM_DATA)
+        x = rng.standard_normal((self.batch_size, self.d_in)).astype(self.dtype)
+        y = rng.standard_normal((self.batch_size, self.d_out)).astype(self.dtype)
+        return x, y
+
+    def _weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """w1 (D_in, H) and w2 (H, D_out), drawn in this order from stream 1."""
+        rng = _generator(self.seed, _STREAM_WEIGHTS)
+        w1 = rng.standard_normal((self.d_in, self.hidden)).astype(self.dtype)
+        w2 = rng.standard_normal((self.hidden, self.d_out)).astype(self.dtype)
+        return w1, w2
 
     # -- numpy ----------------------------------------------------------------------------
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """x (N, D_in), y (N, D_out), w1 (D_in, H), w2 (H, D_out) as fresh numpy arrays."""
-        n, d_in, h, d_out = self.batch_size, self.d_in, self.hidden, self.d_out
-        return (
-            self._normal(_STREAM_DATA, "x", (n, d_in)).copy(),
-            self._normal(_STREAM_DATA, "y", (n, d_out)).copy(),
-            self._normal(_STREAM_WEIGHTS, "w1", (d_in, h)).copy(),
-            self._normal(_STREAM_WEIGHTS, "w2", (h, d_out)).copy(),
-        )
+        # drawn anew on each call (cheap next to training), so nothing is held twice
+        return (*self._data(), *self._weights())
 
     # -- torch ----------------------------------------------------------------------------
     def tensors(
         self, device: torch.device, requires_grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The same x, y, w1, w2 as torch tensors on `device`; w1, w2 optionally require grad."""
-        x, y, w1, w2 = (torch.from_numpy(a).to(device) for a in self.arrays())
+        x, y, w1, w2 = (torch.from_numpy(a).to(device) for a in self.arrays())  # CPU: no copy
         w1.requires_grad_(requires_grad)
         w2.requires_grad_(requires_grad)
         return x, y, w1, w2
 
     def data(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, D_in) and y (N, D_out) on `device`."""
-        x, y, _, _ = self.tensors(device)
+        """x (N, D_in) and y (N, D_out) on `device` (the module variants need no w1, w2)."""
+        x, y = (torch.from_numpy(a).to(device) for a in self._data())
         return x, y
 
     def linear(

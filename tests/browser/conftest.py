@@ -1,4 +1,4 @@
-"""Fixtures for the browser tests: one headless Chromium, and a fresh watched page per test."""
+"""Fixtures for the browser tests: a headless Chromium per module, a fresh watched page per test."""
 
 from __future__ import annotations
 
