@@ -284,11 +284,6 @@ def test_bad_input_gets_a_4xx_naming_the_field(
     assert "Traceback" not in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="query and header integers are not bounded before SQLite: OverflowError past "
-    "2**63-1 (a 500, or a 200 stream cut short with a traceback in the log)",
-)
 @pytest.mark.parametrize("bad", OUT_OF_RANGE, ids=[c.name for c in OUT_OF_RANGE])
 def test_out_of_range_integers_get_a_4xx_or_an_empty_page(
     shared_server: Server, finished_job: str, bad: Bad
