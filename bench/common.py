@@ -210,7 +210,7 @@ def free_port() -> int:
 # -- the server --------------------------------------------------------------------------------
 @dataclass
 class BenchServer:
-    """A `trainwire serve` subprocess on 127.0.0.1 with its own SQLite file in a temporary folder."""
+    """A `trainwire serve` subprocess on 127.0.0.1, its SQLite file in a temporary folder."""
 
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
@@ -708,15 +708,17 @@ class _Follower(asyncio.Protocol):
         self.head = bytearray()
         self.decoder: ChunkedDecoder | None = None
         self.blocks = EventBlocks()
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(self.request)
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.write(self.request)
+        except Exception as exc:
+            self._finish(exc)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -29,6 +29,7 @@ from bench.common import (
     FINAL,
     Conn,
     Figure,
+    Subscriber,
     cancel,
     iso_epoch,
     median,
@@ -60,7 +61,8 @@ async def trial(port: int, pid: int, subscribers: int, timeout: float) -> dict[s
         target = await submit(
             conn, {"variant": "optim", "hyperparameters": {"steps": STEPS}, "seed": 7}
         )
-        records, connect_s = [], 0.0
+        records: list[Subscriber] = []
+        connect_s = 0.0
         if subscribers:
             records, tasks, connect_s = await open_subscribers(
                 port, target["id"], subscribers, timeout

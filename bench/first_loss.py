@@ -32,7 +32,8 @@ from bench.common import (
 )
 
 NAME = "first_loss"
-JOB = {"variant": "numpy", "hyperparameters": {"steps": 5}}
+JOB_HP = {"steps": 5}
+JOB = {"variant": "numpy", "hyperparameters": JOB_HP}
 TARGET_P50 = 0.020
 TARGET_P99 = 0.100
 
@@ -61,7 +62,7 @@ async def one_sample(conn: Conn, seed: int) -> tuple[float, float, float]:
 
 async def measure(
     port: int, samples: int, warmup: int
-) -> tuple[list[tuple[float, ...]], list[float]]:
+) -> tuple[list[tuple[float, float, float]], list[float]]:
     conn = await Conn.open(port)
     try:
         rtts = []
@@ -90,9 +91,7 @@ def compute_to_first_loss(samples: int) -> list[float]:
     from workers.runner import JobSpec, run_job
     from workers.variants import VARIANTS
 
-    hp = parse_hyperparameters(
-        VARIANTS["numpy"].hyperparameters, dict(JOB["hyperparameters"]), "numpy", Limits()
-    )
+    hp = parse_hyperparameters(VARIANTS["numpy"].hyperparameters, dict(JOB_HP), "numpy", Limits())
     times: list[float] = []
 
     def work() -> None:
@@ -100,7 +99,12 @@ def compute_to_first_loss(samples: int) -> list[float]:
         for i in range(samples + 3):
             began = time.perf_counter()
             first: list[float] = []
-            run_job(JobSpec("numpy", hp, i), lambda *_: first or first.append(time.perf_counter()))
+
+            def sink(_step: int, _losses: list[float], first: list[float] = first) -> None:
+                if not first:
+                    first.append(time.perf_counter())
+
+            run_job(JobSpec("numpy", hp, i), sink)
             if i >= 3:
                 times.append(first[0] - began)
 

@@ -12,8 +12,8 @@ One server with its defaults (2 CPU workers). Its VmRSS (/proc/PID/status) is re
   7. after 10 jobs of 100,000 steps each (`numpy`, batch 10, d_in 10, hidden 10, d_out 1).
 The store: the SQLite file plus its WAL, after a checkpoint (`PRAGMA wal_checkpoint(TRUNCATE)`),
 before and after step 7; the growth divided by the steps stored gives bytes per step.
-Reproduce: `.venv/bin/python -m bench memory` (`--quick`: 200 streams, 500 jobs,
-2 × 20,000 steps).
+Reproduce: `.venv/bin/python -m bench memory` (`--quick`: 200 streams, 300 jobs,
+2 × 10,000 steps).
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ async def measure(
 
 def run(quick: bool) -> list[Figure]:
     streams = 200 if quick else 1000
-    jobs = 500 if quick else 10_000
-    long_jobs, long_steps = (2, 20_000) if quick else (10, 100_000)
+    jobs = 300 if quick else 10_000
+    long_jobs, long_steps = (2, 10_000) if quick else (10, 100_000)
     raise_open_file_limit(max(4096, 2 * streams + 256))
     print(
         f"## memory: server RSS with {streams} streams and after {jobs:,} jobs; store size "

@@ -13,7 +13,7 @@ Plain: a fresh subprocess (`python -m bench.small_jobs --plain N WORKERS`) runs 
 server has CPU workers, each with `torch.set_num_threads(1)`, numpy's BLAS capped to 1 thread.
 Both sides first run one job of each variant as a warm-up. Runs alternate between the two; the
 ratio is plain wall / API wall (1.0: the service costs nothing).
-Reproduce: `.venv/bin/python -m bench small_jobs` (`--quick`: 40 jobs).
+Reproduce: `.venv/bin/python -m bench small_jobs` (`--quick`: 24 jobs).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def warm_up(port: int) -> None:
 
 
 def run(quick: bool) -> list[Figure]:
-    count = 40 if quick else 500
+    count = 24 if quick else 500
     reps = 1 if quick else 2
     print(f"## small_jobs: {count} default jobs (8 variants in turn), API vs plain loop\n")
     use_uvloop()
