@@ -9,8 +9,9 @@ import asyncio
 import base64
 import binascii
 import math
+import os
 import platform
-import secrets
+import random
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,10 @@ from workers.runner import JobSpec, Outcome
 from workers.variants import VARIANTS
 
 KEEPALIVE_SECONDS = 15.0
+
+# Job ids and drawn seeds: a generator of the service's own, seeded from the OS once (os.urandom
+# on every request would release and wait for the GIL behind busy workers). Never used by a run.
+_ids = random.Random(os.urandom(32))
 
 
 def utcnow() -> str:
@@ -121,9 +126,9 @@ class JobService:
             ) from None
         device = self._resolve_device(req.device, variant.devices)
         self.pool.check_room()  # a full queue answers 429 before anything is stored
-        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        seed = req.seed if req.seed is not None else _ids.getrandbits(32)
         values = {
-            "id": secrets.token_hex(8),
+            "id": f"{_ids.getrandbits(64):016x}",
             "variant": req.variant,
             "label": req.label,
             "hyperparameters": hp.model_dump(),
@@ -324,7 +329,9 @@ class JobService:
                     # replaced, so waiting on it now would sleep until the next event or ping
                     continue
                 try:
-                    await asyncio.wait_for(channel.changed.wait(), KEEPALIVE_SECONDS)
+                    # asyncio.timeout, unlike wait_for, makes no task per wait
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        await channel.changed.wait()
                 except TimeoutError:
                     yield KEEPALIVE_COMMENT
         finally:

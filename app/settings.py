@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         description="Browser origins allowed besides the service's own, comma-separated.",
     )
     flush_seconds: float = Field(
-        0.005, gt=0, description="Longest a step's loss waits before it is handed out."
+        0.02, gt=0, description="Longest a step's loss waits before it is handed out."
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
 

@@ -1,4 +1,7 @@
-"""Dependencies shared by the routes: the service, settings, and the bearer-token check."""
+"""Dependencies shared by the routes: the service, settings, and the bearer-token check.
+
+All `async def`: they do no I/O, and a sync dependency costs a thread-pool hop per request.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +20,17 @@ bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_service(request: Request) -> JobService:
+async def get_service(request: Request) -> JobService:
     service: JobService = request.app.state.service
     return service
 
 
-def require_token(
+async def require_token(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     access_token: Annotated[

@@ -68,6 +68,37 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+class AppendLosses:
+    """Store the losses of steps first_step, first_step + 1, ... of one job."""
+
+    def __init__(self, job_pk: int, first_step: int, values: list[float]):
+        self.job_pk, self.first_step, self.values = job_pk, first_step, values
+
+    def __call__(self, conn: Connection) -> None:
+        AppendLosses.run_many(conn, [self])
+
+    @staticmethod
+    def run_many(conn: Connection, ops: list[AppendLosses]) -> None:
+        # driver-level executemany: the hot path of the store, without per-row SQL building
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        rows = [
+            (op.job_pk, op.first_step + i, _finite_or_none(v))
+            for op in ops
+            for i, v in enumerate(op.values)
+        ]
+        conn.exec_driver_sql(
+            f"INSERT INTO losses (job_pk, step, loss) VALUES ({mark}, {mark}, {mark})", rows
+        )
+        last: dict[int, AppendLosses] = {op.job_pk: op for op in ops}  # the latest per job
+        conn.exec_driver_sql(
+            f"UPDATE jobs SET step = {mark}, last_loss = {mark} WHERE pk = {mark}",
+            [
+                (op.first_step + len(op.values), _finite_or_none(op.values[-1]), op.job_pk)
+                for op in last.values()
+            ],
+        )
+
+
 class Store:
     def __init__(self, url: str):
         self.engine = make_engine(url)
@@ -113,7 +144,21 @@ class Store:
     def _commit(self, batch: list[tuple[Operation, Future[Any], Any]]) -> None:
         try:
             with self.engine.begin() as conn:
-                results = [op(conn) for op, _, _ in batch]
+                results: list[Any] = []
+                i = 0
+                while i < len(batch):
+                    op = batch[i][0]
+                    if isinstance(op, AppendLosses):
+                        # consecutive loss batches (of any jobs) go in as one statement
+                        j = i
+                        while j < len(batch) and isinstance(batch[j][0], AppendLosses):
+                            j += 1
+                        AppendLosses.run_many(conn, [b[0] for b in batch[i:j]])  # type: ignore[misc]
+                        results.extend([None] * (j - i))
+                        i = j
+                    else:
+                        results.append(op(conn))
+                        i += 1
         except Exception:
             if len(batch) > 1:
                 # isolate the failing operation: commit the others one by one
@@ -162,21 +207,7 @@ class Store:
 
     @staticmethod
     def op_append_losses(job_pk: int, first_step: int, values: list[float]) -> Operation:
-        def op(conn: Connection) -> None:
-            conn.execute(
-                insert(losses),
-                [
-                    {"job_pk": job_pk, "step": first_step + i, "loss": _finite_or_none(v)}
-                    for i, v in enumerate(values)
-                ],
-            )
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.pk == job_pk)
-                .values(step=first_step + len(values), last_loss=_finite_or_none(values[-1]))
-            )
-
-        return op
+        return AppendLosses(job_pk, first_step, values)
 
     @staticmethod
     def op_delete_job(job_pk: int) -> Operation:
