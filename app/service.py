@@ -90,6 +90,7 @@ class JobService:
             on_finish=self._on_finish,
             timeout_s=settings.job_timeout_s,
             flush_seconds=settings.flush_seconds,
+            processes=settings.worker_processes,
         )
         self.ready = False
 

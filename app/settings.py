@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     threads_per_cpu_job: int = Field(
         0, ge=0, description="torch/BLAS threads per CPU job; 0 = cores // cpu_workers (min 1)."
     )
+    worker_processes: bool = Field(
+        True,
+        description="Run each worker's jobs in a child process, so that training never waits "
+        "for the service's own Python (streams, store) to release the GIL.",
+    )
     max_queued: int = Field(1000, ge=1, description="Most queued jobs; more get 429.")
     max_steps: int = Field(1_000_000, ge=1, description="Most steps one job may ask for.")
     max_job_bytes: int = Field(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from workers.hyperparameters import estimate_job_bytes
+from workers.processes import ChildWorker
 from workers.recorder import LossSink
 from workers.runner import JobSpec, Outcome, run_job
 
@@ -60,8 +61,10 @@ class WorkerPool:
         timeout_s: float | None = None,
         flush_seconds: float = 0.005,
         gpus: list[str] | None = None,
+        processes: bool = False,
     ):
         self.gpus = visible_gpus() if gpus is None else gpus
+        self.processes = processes  # run each worker's jobs in a child process of its own
         self.cpu_workers = cpu_workers
         self.jobs_per_gpu = jobs_per_gpu
         self.cpu_threads = cpu_threads
@@ -178,6 +181,22 @@ class WorkerPool:
             torch.set_num_threads(self.cpu_threads)
         else:
             torch.cuda.set_device(torch.device(device))
+        run: Callable[..., Outcome] = run_job
+        child = None
+        if self.processes:
+            child = ChildWorker(device, self.cpu_threads)
+            run = child.run
+            try:
+                child.ready()  # import torch in the child now, not when the first job comes
+            except Exception:
+                log.exception("starting the worker process for %s failed", device)
+        try:
+            self._serve(device, run)
+        finally:
+            if child is not None:
+                child.close()
+
+    def _serve(self, device: str, run: Callable[..., Outcome]) -> None:
         while True:
             item = self._take(device)
             if item is None:
@@ -190,7 +209,7 @@ class WorkerPool:
                     outcome = refused
                 else:
                     self._on_start(item.job_id, device)
-                    outcome = run_job(
+                    outcome = run(
                         spec,
                         self._sink_for(item.job_id),
                         item.cancel,

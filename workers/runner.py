@@ -144,11 +144,16 @@ def run_job(
             f"the job ran past its time limit of {timeout_s:g} s",
         )
     except Exception as exc:  # a fault in one job must not take its worker down
-        if _is_out_of_memory(exc):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            return Outcome("failed", recorder.delivered, "out_of_memory", str(exc)[:500])
-        return Outcome(
-            "failed", recorder.delivered, "internal", f"{type(exc).__name__}: {exc}"[:500]
-        )
-    return Outcome("succeeded", recorder.delivered)
+        if not _is_out_of_memory(exc):
+            return Outcome(
+                "failed", recorder.delivered, "internal", f"{type(exc).__name__}: {exc}"[:500]
+            )
+        oom = Outcome("failed", recorder.delivered, "out_of_memory", str(exc)[:500])
+    else:
+        return Outcome("succeeded", recorder.delivered)
+    # out of memory: the exception (and the traceback holding the run's tensors) is gone now,
+    # so the caching allocator can hand the memory back for the next job
+    del run, recorder
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return oom

@@ -1,0 +1,143 @@
+"""A child process that runs jobs for one worker thread of the pool.
+
+Training in the server's own process shares the GIL with the event loop, the store's writer and
+every SSE subscriber: the Python between two torch calls waits whenever they run. A child
+process has its own interpreter, so a job runs at the speed of a plain script however busy the
+service is. The worker thread stays in the server: it takes jobs from the queue as before, hands
+each one to its child over a pipe, feeds the losses that come back to the job's sink, and passes
+a cancel on. If the child dies, the job fails and a fresh child takes the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from workers.recorder import LossSink
+from workers.runner import JobSpec, Outcome
+
+_CONTEXT = mp.get_context("spawn")  # never fork a process that has torch threads running
+
+
+def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> None:
+    import os
+    import signal
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from workers.runner import run_job
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when jobs stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
+    except OSError:
+        pass
+    if device == "cpu":
+        torch.set_num_threads(threads)
+        threadpool_limits(limits=threads, user_api="blas")
+    else:
+        torch.cuda.set_device(torch.device(device))
+    conn.send(("ready", os.getpid()))
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        spec, timeout_s, flush_seconds = message
+
+        def sink(first_step: int, values: list[float]) -> None:
+            conn.send(("losses", first_step, values))
+
+        outcome = run_job(spec, sink, cancel, timeout_s, flush_seconds)
+        conn.send(("done", outcome))
+
+
+class ChildWorker:
+    """One child process, driven by one worker thread."""
+
+    def __init__(self, device: str, threads: int):
+        self.device = device
+        self.threads = threads
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._cancel: Any = None
+
+    def start(self) -> None:
+        parent, child = _CONTEXT.Pipe()
+        self._cancel = _CONTEXT.Event()
+        self._process = _CONTEXT.Process(
+            target=_child_main,
+            args=(child, self._cancel, self.device, self.threads),
+            name=f"trainwire-{self.device}",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+
+    def ready(self) -> None:
+        """Start the child and wait until it can take a job."""
+        self._ensure()
+
+    def _ensure(self) -> Connection:
+        if self._conn is None or not self._process.is_alive():
+            self.close()
+            self.start()
+            assert self._conn is not None
+            kind, _pid = self._conn.recv()  # wait until torch is imported and set up
+            assert kind == "ready"
+        return self._conn
+
+    def run(
+        self,
+        spec: JobSpec,
+        sink: LossSink,
+        cancel: threading.Event,
+        timeout_s: float | None,
+        flush_seconds: float,
+    ) -> Outcome:
+        """Run one job in the child; the same contract as run_job."""
+        conn = self._ensure()
+        self._cancel.clear()
+        conn.send((spec, timeout_s, flush_seconds))
+        delivered = 0
+        try:
+            while True:
+                # poll so that a cancel reaches the child while it trains
+                if cancel.is_set() and not self._cancel.is_set():
+                    self._cancel.set()
+                if not conn.poll(0.05):
+                    continue
+                message = conn.recv()
+                if message[0] == "losses":
+                    _, first_step, values = message
+                    delivered = first_step + len(values)
+                    sink(first_step, values)
+                else:
+                    outcome: Outcome = message[1]
+                    return outcome
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self.close()
+            return Outcome(
+                "failed", delivered, "internal", f"the worker process died (exit code {code})"
+            )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(None)
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.join(timeout=2)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=2)
+            self._process = None
