@@ -44,6 +44,7 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
         threadpool_limits(limits=threads, user_api="blas")
     else:
         torch.cuda.set_device(torch.device(device))
+    _warm_up(device)
     conn.send(("ready", os.getpid()))
     while True:
         message = conn.recv()
@@ -56,6 +57,19 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
 
         outcome = run_job(spec, sink, cancel, timeout_s, flush_seconds)
         conn.send(("done", outcome))
+
+
+def _warm_up(device: str) -> None:
+    """Run every variant once on a tiny problem: first uses (Adam's above all) import and set up
+    lazily, and that cost belongs to the process's start, not to the first user's job."""
+    from workers.runner import JobSpec, run_job
+    from workers.variants import VARIANTS
+
+    for name, variant in VARIANTS.items():
+        if device != "cpu" and "cuda" not in variant.devices:
+            continue
+        hp = variant.hyperparameters(batch_size=2, d_in=2, hidden=2, d_out=1, steps=2)
+        run_job(JobSpec(name, hp, 0, device), lambda first, values: None)
 
 
 class ChildWorker:
