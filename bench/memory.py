@@ -42,18 +42,10 @@ from bench.common import (
     wait_idle,
     wait_job,
 )
+from workers.variants import VARIANTS as VARIANT_CATALOGUE
 
 NAME = "memory"
-ORDER = (
-    "numpy",
-    "tensors",
-    "autograd",
-    "custom_function",
-    "nn",
-    "optim",
-    "custom_module",
-    "dynamic",
-)
+ORDER = tuple(VARIANT_CATALOGUE)
 WORKERS = 2
 BURST = 500  # well under the default TRAINWIRE_MAX_QUEUED (1000)
 

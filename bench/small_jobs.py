@@ -40,18 +40,10 @@ from bench.common import (
     use_uvloop,
     wait_idle,
 )
+from workers.variants import VARIANTS as VARIANT_CATALOGUE
 
 NAME = "small_jobs"
-ORDER = (
-    "numpy",
-    "tensors",
-    "autograd",
-    "custom_function",
-    "nn",
-    "optim",
-    "custom_module",
-    "dynamic",
-)
+ORDER = tuple(VARIANT_CATALOGUE)
 WORKERS = 2  # the server's default TRAINWIRE_CPU_WORKERS
 TARGET = 0.9
 

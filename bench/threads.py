@@ -50,16 +50,7 @@ def run_batch(cpu_workers: int, threads: int, specs: list[JobSpec]) -> float:
 def main() -> None:
     cores = os.cpu_count() or 1
     long_job = [spec("tensors", 0, batch_size=512, d_in=4096, hidden=1024, steps=60)]
-    small = [
-        "numpy",
-        "tensors",
-        "autograd",
-        "custom_function",
-        "nn",
-        "optim",
-        "custom_module",
-        "dynamic",
-    ]
+    small = list(VARIANTS)
     small_jobs = [spec(small[i % 8], i) for i in range(80)]
     run_batch(1, 1, small_jobs[:8])  # warm up lazy imports
     splits = [(1, cores), (cores, 1), (cores, cores), (2 * cores, 1)]

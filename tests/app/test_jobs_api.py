@@ -11,16 +11,9 @@ import pytest
 from jobclient import JOB_FIELDS, all_losses, body, parse_csv, read_events
 from servers import submit, wait_final
 
-VARIANTS = [
-    "numpy",
-    "tensors",
-    "autograd",
-    "custom_function",
-    "nn",
-    "optim",
-    "custom_module",
-    "dynamic",
-]
+from workers.variants import VARIANTS as VARIANT_CATALOGUE
+
+VARIANTS = list(VARIANT_CATALOGUE)
 
 
 def _defaults(client: httpx.Client) -> dict[str, dict[str, Any]]:

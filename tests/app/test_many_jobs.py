@@ -9,16 +9,9 @@ from typing import Any
 from jobclient import all_losses
 from servers import Server, submit, wait_final
 
-VARIANTS = [
-    "numpy",
-    "tensors",
-    "autograd",
-    "custom_function",
-    "nn",
-    "optim",
-    "custom_module",
-    "dynamic",
-]
+from workers.variants import VARIANTS as VARIANT_CATALOGUE
+
+VARIANTS = list(VARIANT_CATALOGUE)
 
 
 def test_twenty_jobs_at_once_all_succeed_and_equal_specs_give_identical_losses(
