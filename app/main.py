@@ -22,7 +22,7 @@ from app.hub import EventHub
 from app.server import redact_tokens_in_logs
 from app.service import JobService
 from app.settings import Settings
-from app.store import Store
+from app.store import DatabaseInUse, Store
 from workers.pool import QueueFull
 
 log = logging.getLogger("trainwire")
@@ -50,7 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await run_in_threadpool(Store, settings.database_url)
+        try:
+            store = await run_in_threadpool(Store, settings.database_url)
+        except DatabaseInUse as exc:
+            log.error("cannot start: %s", exc)
+            raise
         hub = EventHub()
         service = JobService(settings, store, hub)
         app.state.hub, app.state.store, app.state.service = hub, store, service

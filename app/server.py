@@ -93,7 +93,10 @@ def serve(host: str, port: int) -> int:
     # status 143); a stop that was asked for and went cleanly should exit 0. uvicorn puts this
     # handler back before raising the signal again.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    Server(config).run()
+    # bind before the lifespan opens the store and recovers its jobs: a server that cannot
+    # listen (the port is taken) exits here, having touched nothing (uvicorn logs why)
+    sock = config.bind_socket()
+    Server(config).run(sockets=[sock])
     return 0
 
 

@@ -247,9 +247,16 @@ class JobService:
             max_points,
         )
 
-    async def csv_rows(self, job_id: str, after: int) -> Iterator[str]:
-        row = await self._row(job_id)
-        pages = self.store.iter_losses(row["pk"], after)
+    async def csv_rows(
+        self, job_id: str, after: int, limit: int | None = None, max_points: int | None = None
+    ) -> Iterator[str]:
+        """`step,loss` rows: every loss after `after` (at most `limit`), or downsampled."""
+        if max_points is not None:
+            steps, values = await self.losses_downsampled(job_id, max_points, after)
+            pages: Iterator[tuple[list[int], list[float | None]]] = iter([(steps, values)])
+        else:
+            row = await self._row(job_id)
+            pages = self.store.iter_losses(row["pk"], after, limit=limit)
 
         def rows() -> Iterator[str]:
             yield "step,loss\n"

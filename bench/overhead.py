@@ -162,7 +162,7 @@ def run(quick: bool) -> list[Figure]:
     import httpx
 
     steps = 200 if quick else 3000
-    reps = 3
+    reps = 2 if quick else 5
     print(f"## overhead: one {steps}-step job, API vs plain loop, {reps} interleaved runs\n")
     plain: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     api: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}

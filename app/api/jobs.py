@@ -103,7 +103,15 @@ async def get_losses(
     service: Service,
     request: Request,
     after: Annotated[int, Query(ge=-1, le=MAX_STEP, description="Only steps after this one.")] = -1,
-    limit: Annotated[int, Query(ge=1, le=100_000, description="Most points per page.")] = 10_000,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100_000,
+            description="Most points per page: 10,000 when not given. CSV: every point after "
+            "`after` when not given.",
+        ),
+    ] = None,
     max_points: Annotated[
         int | None,
         Query(
@@ -123,7 +131,7 @@ async def get_losses(
         format is None and "text/csv" in request.headers.get("accept", "")
     )
     if wants_csv:
-        rows = await service.csv_rows(job_id, after)
+        rows = await service.csv_rows(job_id, after, limit, max_points)
         return StreamingResponse(
             rows,
             media_type="text/csv",
@@ -133,7 +141,7 @@ async def get_losses(
         steps, values = await service.losses_downsampled(job_id, max_points, after)
         body = Losses(job_id=job_id, steps=steps, losses=values, next_after=None)
     else:
-        steps, values, next_after = await service.losses(job_id, after, limit)
+        steps, values, next_after = await service.losses(job_id, after, limit or 10_000)
         body = Losses(job_id=job_id, steps=steps, losses=values, next_after=next_after)
     return Response(body.model_dump_json(), media_type="application/json")
 

@@ -1,5 +1,5 @@
 """The job store: SQLAlchemy over SQLite (WAL) by default, one writer thread, readers anywhere."""
 
-from app.store.store import JobRow, Store
+from app.store.store import DatabaseInUse, JobRow, Store
 
-__all__ = ["JobRow", "Store"]
+__all__ = ["DatabaseInUse", "JobRow", "Store"]

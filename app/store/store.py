@@ -9,14 +9,16 @@ subscriber never hears of a step before it is stored.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -42,6 +44,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+class DatabaseInUse(Exception):
+    """Another server holds this SQLite file."""
+
+
+def _lock_sqlite_file(database: Path) -> IO[str]:
+    """Hold an exclusive lock beside the SQLite file for as long as the server runs.
+
+    A second server on the same file would take the first one's running jobs for crashed ones,
+    requeue them and run them again beside it. The kernel drops the lock when the process dies,
+    so a `kill -9` leaves nothing to clean up.
+    """
+    lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise DatabaseInUse(
+            f"another trainwire server (pid {holder}) uses {database}: stop it first, or give "
+            "this one its own TRAINWIRE_DATABASE_URL"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
 
 
 def make_engine(url: str) -> Engine:
@@ -101,8 +138,17 @@ class AppendLosses:
 
 class Store:
     def __init__(self, url: str):
-        self.engine = make_engine(url)
-        migrate(self.engine)
+        database = _sqlite_file(url)
+        self._lock: IO[str] | None = None
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_sqlite_file(database)
+        try:
+            self.engine = make_engine(url)
+            migrate(self.engine)
+        except BaseException:
+            self._unlock()
+            raise
         self._ops: queue.Queue[tuple[Operation, Future[Any], Callable[[Any], None] | None] | None]
         self._ops = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
@@ -113,6 +159,12 @@ class Store:
         self._ops.put(None)
         self._writer.join(timeout=30)
         self.engine.dispose()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     # -- the writer -------------------------------------------------------------------------
     def submit(
@@ -273,14 +325,19 @@ class Store:
         return [r[0] for r in rows], [_finite_or_none(r[1]) for r in rows]
 
     def iter_losses(
-        self, job_pk: int, after: int = -1, chunk: int = 20000
+        self, job_pk: int, after: int = -1, chunk: int = 20000, limit: int | None = None
     ) -> Iterator[tuple[list[int], list[float | None]]]:
-        """Every stored loss after `after`, in pages of `chunk`, never all in memory at once."""
-        while True:
-            steps, values = self.read_losses(job_pk, after, chunk)
+        """Every stored loss after `after` (the first `limit` of them), in pages of `chunk`,
+        never all in memory at once."""
+        left = limit
+        while left is None or left > 0:
+            want = chunk if left is None else min(chunk, left)
+            steps, values = self.read_losses(job_pk, after, want)
             if not steps:
                 return
             yield steps, values
-            if len(steps) < chunk:
+            if len(steps) < want:
                 return
+            if left is not None:
+                left -= len(steps)
             after = steps[-1]

@@ -89,6 +89,26 @@ def test_csv_honours_after(client: httpx.Client, noisy_job: dict[str, Any]) -> N
     assert parse_csv(response.text) == (list(range(STEPS - 10, STEPS)), noisy_job["losses"][-10:])
 
 
+def test_csv_honours_limit_and_is_whole_without_it(
+    client: httpx.Client, noisy_job: dict[str, Any]
+) -> None:
+    url = f"/v1/jobs/{noisy_job['id']}/losses"
+    page = client.get(url, params={"format": "csv", "after": 99, "limit": 25})
+    assert parse_csv(page.text) == (list(range(100, 125)), noisy_job["losses"][100:125])
+    whole = client.get(url, params={"format": "csv"})
+    assert parse_csv(whole.text) == (list(range(STEPS)), noisy_job["losses"])
+
+
+def test_csv_downsampled_holds_the_same_points_as_json(
+    client: httpx.Client, noisy_job: dict[str, Any]
+) -> None:
+    url = f"/v1/jobs/{noisy_job['id']}/losses"
+    as_json = _downsampled(client, noisy_job["id"], max_points=40)
+    steps, losses = parse_csv(client.get(url, params={"format": "csv", "max_points": 40}).text)
+    assert list(zip(steps, losses, strict=True)) == as_json
+    assert len(steps) <= 40
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
