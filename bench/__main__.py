@@ -10,6 +10,7 @@ See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -22,6 +23,7 @@ from bench.common import (
     machine_line,
     print_figures,
     raise_open_file_limit,
+    steal_seconds,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -56,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     failed: list[str] = []
     for name in names:
-        started = time.perf_counter()
+        started, stolen_before = time.perf_counter(), steal_seconds()
         try:
             figures += BENCHMARKS[name].run(args.quick)
         except Exception:
             traceback.print_exc()
             print(f"\n{name}: FAILED\n")
             failed.append(name)
-        print(f"({name}: {time.perf_counter() - started:.0f} s)\n")
+        took, stolen = time.perf_counter() - started, steal_seconds() - stolen_before
+        share = stolen / took / (os.cpu_count() or 1)
+        print(f"({name}: {took:.0f} s; CPU stolen by the hypervisor meanwhile: {share:.1%})\n")
         sys.stdout.flush()
 
     print("## summary\n")
