@@ -81,7 +81,7 @@ class JobService:
         self.loop = asyncio.get_running_loop()
         self._resume: dict[str, tuple[int, int]] = {}  # job id -> (pk, steps already stored)
         self.pool = WorkerPool(
-            cpu_workers=settings.cpu_workers,
+            cpu_workers=settings.cpu_worker_count(),
             jobs_per_gpu=settings.jobs_per_gpu,
             cpu_threads=settings.cpu_threads(),
             max_queued=settings.max_queued,
@@ -154,7 +154,7 @@ class JobService:
         if asked == "auto":
             return "cuda" if gpus and "cuda" in supported else "cpu"
         if asked == "cpu":
-            if self.settings.cpu_workers == 0:
+            if self.settings.cpu_worker_count() == 0:
                 raise InvalidField(("body", "device"), "this server runs no CPU workers")
             return "cpu"
         if "cuda" not in supported:

@@ -11,6 +11,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.hyperparameters import Limits
 
+# one job per core is the fastest split for many small jobs (README, "How CPU jobs share the
+# cores"); each worker holds a child process with torch loaded, so an unset count stops here
+MAX_AUTO_CPU_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINWIRE_", extra="ignore")
@@ -22,7 +34,12 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token every /v1 route requires; unset = no auth."
     )
-    cpu_workers: int = Field(2, ge=0, description="Worker threads running CPU jobs.")
+    cpu_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Jobs running at once on the CPU (0: none); unset = one per core, at most "
+        f"{MAX_AUTO_CPU_WORKERS}.",
+    )
     jobs_per_gpu: int = Field(1, ge=0, description="Worker threads per visible CUDA device.")
     threads_per_cpu_job: int = Field(
         0, ge=0, description="torch/BLAS threads per CPU job; 0 = cores // cpu_workers (min 1)."
@@ -63,8 +80,14 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_steps=self.max_steps, max_job_bytes=self.max_job_bytes)
 
+    def cpu_worker_count(self) -> int:
+        """CPU workers: as set, or one per core (at most MAX_AUTO_CPU_WORKERS)."""
+        if self.cpu_workers is not None:
+            return self.cpu_workers
+        return max(1, min(usable_cores(), MAX_AUTO_CPU_WORKERS))
+
     def cpu_threads(self) -> int:
         """Threads each CPU job may use, so that concurrent jobs don't oversubscribe the cores."""
         if self.threads_per_cpu_job:
             return self.threads_per_cpu_job
-        return max(1, (os.cpu_count() or 1) // max(1, self.cpu_workers))
+        return max(1, usable_cores() // max(1, self.cpu_worker_count()))
