@@ -167,7 +167,7 @@ def run(quick: bool) -> list[Figure]:
         f"for {long_jobs} × {long_steps:,} steps\n"
     )
     use_uvloop()
-    with server() as srv:
+    with server(cpu_workers=WORKERS) as srv:
         r = asyncio.run(measure(srv, streams, jobs, long_jobs, long_steps))
 
     def mib(kib: int) -> str:

@@ -171,7 +171,10 @@ def run(quick: bool) -> list[Figure]:
     api: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     worker = PlainWorker()
     try:
-        with server() as srv, httpx.Client(base_url=srv.url, timeout=120) as client:
+        with (
+            server(threads_per_cpu_job=1) as srv,
+            httpx.Client(base_url=srv.url, timeout=120) as client,
+        ):
             for variant in VARIANTS:  # warm up both sides (lazy imports, allocator, connection)
                 worker.run(variant, 20)
                 api_run(client, variant, 20)

@@ -44,7 +44,7 @@ from workers.variants import VARIANTS as VARIANT_CATALOGUE
 
 NAME = "small_jobs"
 ORDER = tuple(VARIANT_CATALOGUE)
-WORKERS = 2  # the server's default TRAINWIRE_CPU_WORKERS
+WORKERS = 2  # CPU workers of the server (its default on 2 cores), one torch thread each
 TARGET = 0.9
 
 
@@ -135,7 +135,7 @@ def run(quick: bool) -> list[Figure]:
     use_uvloop()
     plain_walls: list[float] = []
     api_results: list[dict[str, float]] = []
-    with server() as srv:
+    with server(cpu_workers=WORKERS, threads_per_cpu_job=1) as srv:
         asyncio.run(warm_up(srv.port))
         for rep in range(reps):
             order = ("plain", "api") if rep % 2 == 0 else ("api", "plain")
