@@ -159,11 +159,14 @@ class WorkerPool:
                 self._cond.wait()
             return None
 
-    def _wait_for_memory(self, item: _Queued, device: str) -> Outcome | None:
+    def _wait_for_memory(
+        self, item: _Queued, device: str, child: ChildWorker | None
+    ) -> Outcome | None:
         """Wait until the device has room for the job; an Outcome if it must not run."""
         need = estimate_job_bytes(item.spec.variant, item.spec.hyperparameters)
         while not item.cancel.is_set():
-            free, total = torch.cuda.mem_get_info(torch.device(device))
+            seen = child.memory() if child is not None else None
+            free, total = seen or torch.cuda.mem_get_info(torch.device(device))
             if need > total:
                 return Outcome(
                     "failed",
@@ -179,7 +182,7 @@ class WorkerPool:
     def _work(self, device: str) -> None:
         if device == "cpu":
             torch.set_num_threads(self.cpu_threads)
-        else:
+        elif not self.processes:  # a child process sets its own device
             torch.cuda.set_device(torch.device(device))
         run: Callable[..., Outcome] = run_job
         child = None
@@ -191,12 +194,12 @@ class WorkerPool:
             except Exception:
                 log.exception("starting the worker process for %s failed", device)
         try:
-            self._serve(device, run)
+            self._serve(device, run, child)
         finally:
             if child is not None:
                 child.close()
 
-    def _serve(self, device: str, run: Callable[..., Outcome]) -> None:
+    def _serve(self, device: str, run: Callable[..., Outcome], child: ChildWorker | None) -> None:
         while True:
             item = self._take(device)
             if item is None:
@@ -204,7 +207,7 @@ class WorkerPool:
             began = time.monotonic()
             spec = replace(item.spec, device=device)
             try:
-                refused = self._wait_for_memory(item, device) if device != "cpu" else None
+                refused = self._wait_for_memory(item, device, child) if device != "cpu" else None
                 if refused is not None:
                     outcome = refused
                 else:

@@ -50,6 +50,9 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
         message = conn.recv()
         if message is None:
             return
+        if message == "memory":
+            conn.send(("memory", *_device_memory(device)))
+            continue
         spec, timeout_s, flush_seconds = message
 
         def sink(first_step: int, values: list[float]) -> None:
@@ -57,6 +60,17 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
 
         outcome = run_job(spec, sink, cancel, timeout_s, flush_seconds)
         conn.send(("done", outcome))
+
+
+def _device_memory(device: str) -> tuple[int, int] | tuple[None, None]:
+    """(free, total) bytes of the child's GPU, as its own CUDA context sees them."""
+    import torch
+
+    try:
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free), int(total)
+    except Exception:  # the parent asks the device itself instead
+        return None, None
 
 
 def _warm_up(device: str) -> None:
@@ -85,15 +99,20 @@ class ChildWorker:
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
         self._cancel = _CONTEXT.Event()
-        self._process = _CONTEXT.Process(
+        process = _CONTEXT.Process(
             target=_child_main,
             args=(child, self._cancel, self.device, self.threads),
             name=f"trainwire-{self.device}",
             daemon=True,
         )
-        self._process.start()
-        child.close()
-        self._conn = parent
+        try:
+            process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._process, self._conn = process, parent
 
     def ready(self) -> None:
         """Start the child and wait until it can take a job."""
@@ -107,6 +126,18 @@ class ChildWorker:
             kind, _pid = self._conn.recv()  # wait until torch is imported and set up
             assert kind == "ready"
         return self._conn
+
+    def memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of this worker's GPU, asked of the child: the server's own process
+        then needs no CUDA context (hundreds of MB on each device) to check that a job fits."""
+        try:
+            conn = self._ensure()
+            conn.send("memory")
+            kind, free, total = conn.recv()
+        except (EOFError, OSError):  # the child died: the next job starts a fresh one
+            self.close()
+            return None
+        return None if kind != "memory" or free is None else (free, total)
 
     def run(
         self,

@@ -111,3 +111,43 @@ def test_pool_runs_concurrent_jobs_on_one_gpu() -> None:
     pool.stop()
     assert all(o.status == "succeeded" for o in finished.values())
     assert set(started.values()) == {"cuda:0"}
+
+
+_POOL_IN_A_PROCESS = """
+import threading, torch
+from workers.hyperparameters import Limits, parse_hyperparameters
+from workers.pool import WorkerPool
+from workers.runner import JobSpec
+from workers.variants import VARIANTS
+
+done, outcomes = threading.Semaphore(0), []
+pool = WorkerPool(
+    cpu_workers=0, jobs_per_gpu=1, cpu_threads=1, max_queued=10,
+    on_start=lambda job_id, device: None, sink_for=lambda _: lambda *_: None,
+    on_finish=lambda job_id, outcome: (outcomes.append(outcome), done.release()),
+    gpus=["cuda:0"], processes=True,
+)
+pool.start()
+hp = parse_hyperparameters(VARIANTS["optim"].hyperparameters, {}, "optim", Limits())
+pool.submit("job", JobSpec("optim", hp, 0, "cuda"))
+assert done.acquire(timeout=120)
+pool.stop()
+print(outcomes[0].status, torch.cuda.is_initialized())
+"""
+
+
+def test_with_worker_processes_the_server_process_holds_no_cuda_context() -> None:
+    # a CUDA context costs hundreds of MB on each device: only the children that train hold one
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", _POOL_IN_A_PROCESS],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["succeeded", "False"], done.stdout

@@ -1,0 +1,72 @@
+"""A worker's child process: the same curve as a run in the worker itself, answers about its
+device, and a fresh child after one dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from workers.processes import ChildWorker
+from workers.runner import JobSpec, Outcome
+
+
+@pytest.fixture(scope="module")
+def child() -> Iterator[ChildWorker]:
+    worker = ChildWorker("cpu", 1)
+    worker.ready()
+    yield worker
+    worker.close()
+
+
+def _run_in(child: ChildWorker, spec: JobSpec) -> tuple[Outcome, list[float]]:
+    losses: list[float] = []
+
+    def sink(first_step: int, values: list[float]) -> None:
+        assert first_step == len(losses)
+        losses.extend(values)
+
+    return child.run(spec, sink, threading.Event(), None, 0.005), losses
+
+
+@pytest.mark.parametrize("variant", ["numpy", "optim", "dynamic"])
+def test_a_job_in_the_child_gives_the_curve_of_a_job_in_the_worker(
+    child: ChildWorker,
+    spec: Callable[..., JobSpec],
+    train: Callable[..., Any],
+    variant: str,
+) -> None:
+    outcome, losses = _run_in(child, spec(variant, seed=5, steps=120))
+    here = train(variant, seed=5, steps=120)
+    assert outcome.status == here.outcome.status == "succeeded"
+    assert losses == here.losses  # bit for bit: same seed, one thread each
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU host's answer")
+def test_a_child_without_a_gpu_says_it_cannot_tell_and_keeps_working(
+    child: ChildWorker, spec: Callable[..., JobSpec]
+) -> None:
+    assert child.memory() is None
+    assert _run_in(child, spec("tensors", steps=10))[0].status == "succeeded"
+
+
+def test_after_the_child_dies_the_next_call_starts_a_fresh_one(
+    spec: Callable[..., JobSpec],
+) -> None:
+    worker = ChildWorker("cpu", 1)
+    try:
+        worker.ready()
+        first = worker._process.pid
+        os.kill(first, signal.SIGKILL)
+        worker._process.join(10)
+        worker.memory()  # a dead child is replaced before it is asked, without an exception
+        outcome, losses = _run_in(worker, spec("numpy", steps=20))
+        assert outcome.status == "succeeded" and len(losses) == 20
+        assert worker._process.pid != first
+    finally:
+        worker.close()
