@@ -62,7 +62,7 @@ WORKDIR /home/trainwire
 
 EXPOSE 8000
 
-# Healthy once /readyz answers 200 (database open, worker pool running). The request
+# Healthy once /readyz answers 200 (database open, every worker process up). The request
 # raises on a 503 or a refused connection, and python then exits 1; it bypasses any
 # HTTP_PROXY the container may be given. The image has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -1,6 +1,8 @@
 """How to size the CPU pool: one long job and many small ones, for several worker/thread splits.
 
-Runs the worker pool directly (no HTTP) so that only the split of the cores is measured.
+Runs the worker pool directly (no HTTP) so that only the split of the cores is measured, with
+the server's default of one child process per worker; the clock starts once every worker's
+process is up.
 Reproduce: `.venv/bin/python -m bench.threads`
 """
 
@@ -35,8 +37,11 @@ def run_batch(cpu_workers: int, threads: int, specs: list[JobSpec]) -> float:
         sink_for=lambda _: lambda *_: None,
         on_finish=lambda *_: done.release(),
         gpus=[],
+        processes=True,
     )
     pool.start()
+    if not pool.wait_ready(300):
+        raise RuntimeError("the worker processes did not start within 300 s")
     began = time.perf_counter()
     for i, s in enumerate(specs):
         pool.submit(f"job{i}", s)

@@ -79,6 +79,8 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._workers_up = 0  # workers whose child process has started (or tried to)
+        self._workers_wanted: int | None = None  # set by start()
         self._job_seconds = 1.0  # running mean of a job's duration, for Retry-After
 
     @property
@@ -94,12 +96,28 @@ class WorkerPool:
         threadpool_limits(limits=self.cpu_threads, user_api="blas")
         workers = [("cpu", i) for i in range(self.cpu_workers)]
         workers += [(gpu, i) for gpu in self.gpus for i in range(self.jobs_per_gpu)]
+        with self._cond:
+            self._workers_wanted = len(workers)
         for device, i in workers:
             thread = threading.Thread(
                 target=self._work, args=(device,), name=f"worker-{device}-{i}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
+
+    @property
+    def ready(self) -> bool:
+        """Started, and every worker can take a job at once (its child process is up)."""
+        with self._cond:
+            return self._all_up()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until `ready`; False if it took longer than `timeout` seconds."""
+        with self._cond:
+            return self._cond.wait_for(self._all_up, timeout)
+
+    def _all_up(self) -> bool:
+        return self._workers_wanted is not None and self._workers_up >= self._workers_wanted
 
     def check_room(self) -> None:
         """Raise QueueFull (with a Retry-After estimate) when the queue is at its limit."""
@@ -191,8 +209,11 @@ class WorkerPool:
             run = child.run
             try:
                 child.ready()  # import torch in the child now, not when the first job comes
-            except Exception:
+            except Exception:  # the first job tries again, and fails alone if it must
                 log.exception("starting the worker process for %s failed", device)
+        with self._cond:
+            self._workers_up += 1
+            self._cond.notify_all()
         try:
             self._serve(device, run, child)
         finally:

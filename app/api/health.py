@@ -15,12 +15,17 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the store is open and the workers run",
-    responses={503: {"description": "Starting up or shutting down."}},
+    summary="Readiness: the store is open and every worker can take a job",
+    responses={
+        503: {
+            "description": "Starting up (the workers' processes load torch and warm up for a "
+            "few seconds) or shutting down. Jobs submitted meanwhile are queued."
+        }
+    },
 )
 def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
-    if service is None or not service.ready:
+    if service is None or not service.ready or not service.pool.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
     return JSONResponse(
         {"status": "ready", "devices": service.pool.devices, "queued": service.pool.queued()}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from workers.pool import WorkerPool
 from workers.processes import ChildWorker
 from workers.runner import JobSpec, Outcome
 
@@ -70,3 +71,33 @@ def test_after_the_child_dies_the_next_call_starts_a_fresh_one(
         assert worker._process.pid != first
     finally:
         worker.close()
+
+
+def test_the_pool_is_ready_once_its_worker_processes_are_up(
+    spec: Callable[..., JobSpec],
+) -> None:
+    finished: list[Outcome] = []
+    done = threading.Semaphore(0)
+    pool = WorkerPool(
+        cpu_workers=2,
+        jobs_per_gpu=0,
+        cpu_threads=1,
+        max_queued=10,
+        on_start=lambda job_id, device: None,
+        sink_for=lambda _: lambda *_: None,
+        on_finish=lambda job_id, outcome: (finished.append(outcome), done.release()),
+        gpus=[],
+        processes=True,
+    )
+    assert not pool.ready
+    pool.start()
+    try:
+        # a fresh interpreter that imports torch and warms every variant up takes seconds
+        assert not pool.ready
+        pool.submit("early", spec("numpy", steps=5))  # taken as soon as a worker is up
+        assert pool.wait_ready(120)
+        assert pool.ready
+        assert done.acquire(timeout=60)
+        assert [o.status for o in finished] == ["succeeded"]
+    finally:
+        pool.stop()
