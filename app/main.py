@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = JobService(settings, store, hub)
         app.state.hub, app.state.store, app.state.service = hub, store, service
         await run_in_threadpool(service.start)
+        # what start-up built (modules, routes, schemas) lives as long as the process: keep it
+        # out of the garbage collector's scans, which otherwise grow with every import
+        gc.freeze()
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import math
 import os
 import platform
@@ -31,6 +32,8 @@ from workers.pool import WorkerPool
 from workers.recorder import LossSink
 from workers.runner import JobSpec, Outcome
 from workers.variants import VARIANTS
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -151,11 +154,19 @@ class JobService:
 
     def _resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:
         gpus = self.pool.gpus if self.settings.jobs_per_gpu > 0 else []
-        if asked == "auto":
-            return "cuda" if gpus and "cuda" in supported else "cpu"
-        if asked == "cpu":
+        if asked == "auto" and gpus and "cuda" in supported:
+            return "cuda"
+        if asked in ("auto", "cpu"):
             if self.settings.cpu_worker_count() == 0:
-                raise InvalidField(("body", "device"), "this server runs no CPU workers")
+                # else the job would wait in the queue for a worker that never comes
+                why = ""
+                if asked == "auto":
+                    why = (
+                        " and no GPU workers"
+                        if "cuda" in supported
+                        else "; the variant is CPU-only"
+                    )
+                raise InvalidField(("body", "device"), f"this server runs no CPU workers{why}")
             return "cpu"
         if "cuda" not in supported:
             raise InvalidField(("body", "device"), "this variant runs on the CPU only")
@@ -172,7 +183,16 @@ class JobService:
         hp = variant.hyperparameters.model_validate(row["hyperparameters"])
         device = row.get("_queue_device") or row["device"]
         if device == "auto":
-            device = self._resolve_device("auto", variant.devices)
+            try:
+                device = self._resolve_device("auto", variant.devices)
+            except InvalidField:
+                device = "cpu"
+        if not self.pool.has_worker_for(device):
+            # a job recovered from a server set up otherwise: it stays queued (and cancellable)
+            # until a server with a worker for its device starts
+            log.warning(
+                "job %s waits for a %s worker, which this server does not run", row["id"], device
+            )
         self._resume[row["id"]] = (row["pk"], row["step"])
         self.pool.submit(row["id"], JobSpec(row["variant"], hp, row["seed"], device), force=force)
 

@@ -105,6 +105,14 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
+    def has_worker_for(self, device: str) -> bool:
+        """Whether some worker of this pool takes jobs for `device` ("cpu", "cuda", "cuda:N")."""
+        if device == "cpu":
+            return self.cpu_workers > 0
+        if self.jobs_per_gpu == 0:
+            return False
+        return bool(self.gpus) if device == "cuda" else device in self.gpus
+
     @property
     def ready(self) -> bool:
         """Started, and every worker can take a job at once (its child process is up)."""

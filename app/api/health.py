@@ -9,7 +9,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process serves HTTP")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -23,7 +23,7 @@ def healthz() -> dict[str, str]:
         }
     },
 )
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
     if service is None or not service.ready or not service.pool.ready:
         return JSONResponse({"status": "starting"}, status_code=503)

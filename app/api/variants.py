@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from fastapi import APIRouter
 
 from app.schemas import VariantInfo
@@ -11,9 +13,15 @@ router = APIRouter(tags=["variants"])
 
 
 @router.get("/variants", summary="List the training variants")
-def list_variants() -> list[VariantInfo]:
+async def list_variants() -> list[VariantInfo]:
     """The tutorial's eight programs, with the devices each can use and its default
     hyperparameters (exactly the fields it accepts)."""
+    return _variants()
+
+
+@cache
+def _variants() -> list[VariantInfo]:
+    # the catalogue is fixed for the process's life: build the list (and its JSON schemas) once
     return [
         VariantInfo(
             name=v.name,  # type: ignore[arg-type]
