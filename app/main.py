@@ -144,4 +144,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """`uvicorn app.main:app`: the app is built from the environment on first use, so importing
+    this module (as `trainwire serve` does) builds nothing and reads no settings."""
+    if name == "app":
+        built = globals()["app"] = create_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

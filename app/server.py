@@ -18,6 +18,7 @@ from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 TOKEN_QUERY_PARAMETER = "access_token"
 REDACTED = "[redacted]"
@@ -76,9 +77,25 @@ class Server(uvicorn.Server):
 
 def serve(host: str, port: int) -> int:
     from app.main import create_app
+    from app.settings import Settings
+    from app.store import database_in_use
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    log = logging.getLogger("trainwire")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "TRAINWIRE_" + "_".join(map(str, error["loc"])).upper()
+            given = "" if "TOKEN" in name else f"={error.get('input')!r}"  # never log a secret
+            log.error("cannot start: %s%s: %s", name, given, error["msg"])
+        return 2
+    # a SQLite file that another server holds: say so in one line and stop
+    busy = database_in_use(settings.database_url)
+    if busy is not None:
+        log.error("cannot start: %s", busy)
+        return 3
+    app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=host,

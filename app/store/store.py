@@ -74,6 +74,21 @@ def _lock_sqlite_file(database: Path) -> IO[str]:
     return lock
 
 
+def database_in_use(url: str) -> str | None:
+    """Why a server could not start on `url` now (another one holds the file), or None.
+
+    A look before starting, so that a busy file is reported in one line; the store takes the
+    lock itself when it opens, which settles a race between two starts."""
+    database = _sqlite_file(url)
+    if database is None or not database.parent.is_dir():
+        return None
+    try:
+        _lock_sqlite_file(database).close()
+    except DatabaseInUse as exc:
+        return str(exc)
+    return None
+
+
 def _sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from servers import ROOT, Server, submit, wait_final, wait_for
+from servers import ROOT, Server, free_port, submit, wait_final, wait_for
 
 LONG = {"batch_size": 64, "d_in": 1000, "hidden": 1000, "steps": 100_000, "learning_rate": 1e-9}
 
@@ -47,6 +47,53 @@ def test_a_second_server_on_the_same_file_refuses_to_start(
     third = make_server(data_dir=first.data_dir)
     with third.client() as client:
         assert client.get(f"/v1/jobs/{running['id']}").json()["status"] == "cancelled"
+
+
+def serve(env: dict[str, str], port: int) -> subprocess.CompletedProcess[str]:
+    """`trainwire serve` run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_on_a_file_in_use_says_so_in_one_line(make_server: Callable[..., Server]) -> None:
+    first = make_server()
+    done = serve({**first.env, "TRAINWIRE_DATABASE_URL": f"sqlite:///{first.db_path}"}, free_port())
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output  # no traceback, no "running on" for a server that never ran
+    assert "cannot start: another trainwire server" in lines[0], output
+    assert (
+        first.process is not None
+        and f"pid {first.process.pid}" in lines[0]
+        and str(first.db_path) in lines[0]
+    ), output
+    with first.client() as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_bad_setting_names_the_variable_and_starts_nothing(
+    make_server: Callable[..., Server],
+) -> None:
+    blocked = make_server(start=False)
+    env = {
+        **blocked.env,
+        "TRAINWIRE_DATABASE_URL": f"sqlite:///{blocked.db_path}",
+        "TRAINWIRE_CPU_WORKERS": "two",
+        "TRAINWIRE_API_TOKEN": "s3cret",
+    }
+    done = serve(env, free_port())
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "TRAINWIRE_CPU_WORKERS='two'" in output and "valid integer" in output, output
+    assert "Traceback" not in output and "s3cret" not in output, output
+    assert not blocked.db_path.exists()
 
 
 def test_a_server_that_cannot_listen_exits_before_opening_its_store(
