@@ -63,19 +63,6 @@ def _cursor_decode(cursor: str) -> int:
         raise InvalidField(("query", "cursor"), "not a cursor this service handed out") from None
 
 
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 class JobService:
     def __init__(self, settings: Settings, store: Store, hub: EventHub):
         self.settings = settings
@@ -393,14 +380,15 @@ class JobService:
 
     def _on_start(self, job_id: str, device: str) -> None:
         pk, _ = self._resume[job_id]
+        facts = self.pool.facts(device)  # from the process that trains the job
         environment = {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
             "device": device,
-            "device_name": _device_name(device),
-            "cuda": torch.version.cuda if device.startswith("cuda") else None,
-            "threads": torch.get_num_threads(),
+            "device_name": facts["device_name"],
+            "cuda": facts["cuda"],
+            "threads": facts["threads"],
             "platform": platform.platform(),
         }
         self.store.submit(

@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from workers.hyperparameters import estimate_job_bytes
-from workers.processes import ChildWorker
+from workers.processes import ChildWorker, device_facts
 from workers.recorder import LossSink
 from workers.runner import JobSpec, Outcome, run_job
 
@@ -82,6 +83,7 @@ class WorkerPool:
         self._workers_up = 0  # workers whose child process has started (or tried to)
         self._workers_wanted: int | None = None  # set by start()
         self._job_seconds = 1.0  # running mean of a job's duration, for Retry-After
+        self._facts: dict[str, dict[str, Any]] = {}  # device -> what its worker process reported
 
     @property
     def devices(self) -> list[str]:
@@ -126,6 +128,14 @@ class WorkerPool:
 
     def _all_up(self) -> bool:
         return self._workers_wanted is not None and self._workers_up >= self._workers_wanted
+
+    def facts(self, device: str) -> dict[str, Any]:
+        """The device's name, CUDA version and torch threads, as the process training on it sees
+        them: reported by the worker's child process, or looked up here (call it from the
+        worker's own thread: torch's thread count is per thread on this build)."""
+        with self._cond:
+            reported = self._facts.get(device)
+        return dict(reported) if reported is not None else device_facts(device)
 
     def check_room(self) -> None:
         """Raise QueueFull (with a Retry-After estimate) when the queue is at its limit."""
@@ -219,6 +229,9 @@ class WorkerPool:
                 child.ready()  # import torch in the child now, not when the first job comes
             except Exception:  # the first job tries again, and fails alone if it must
                 log.exception("starting the worker process for %s failed", device)
+            if child.facts is not None:
+                with self._cond:
+                    self._facts[device] = child.facts
         with self._cond:
             self._workers_up += 1
             self._cond.notify_all()

@@ -45,7 +45,7 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
     else:
         torch.cuda.set_device(torch.device(device))
     _warm_up(device)
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), device_facts(device)))
     while True:
         message = conn.recv()
         if message is None:
@@ -60,6 +60,34 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
 
         outcome = run_job(spec, sink, cancel, timeout_s, flush_seconds)
         conn.send(("done", outcome))
+
+
+def device_facts(device: str) -> dict[str, Any]:
+    """What a job's `environment` says of the process that trains it: the device's name, the
+    CUDA version and torch's thread count. Asked of a worker's child, so that the server's own
+    process never initialises CUDA to name a GPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        cuda = torch.version.cuda
+    else:
+        name, cuda = cpu_name(), None
+    return {"device_name": name, "cuda": cuda, "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _device_memory(device: str) -> tuple[int, int] | tuple[None, None]:
@@ -95,6 +123,7 @@ class ChildWorker:
         self._process: Any = None
         self._conn: Connection | None = None
         self._cancel: Any = None
+        self.facts: dict[str, Any] | None = None  # device_facts() of the running child
 
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
@@ -123,8 +152,9 @@ class ChildWorker:
             self.close()
             self.start()
             assert self._conn is not None
-            kind, _pid = self._conn.recv()  # wait until torch is imported and set up
+            kind, _pid, facts = self._conn.recv()  # wait until torch is imported and set up
             assert kind == "ready"
+            self.facts = facts
         return self._conn
 
     def memory(self) -> tuple[int, int] | None:

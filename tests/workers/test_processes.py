@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from workers.pool import WorkerPool
 from workers.processes import ChildWorker
@@ -101,3 +102,38 @@ def test_the_pool_is_ready_once_its_worker_processes_are_up(
         assert [o.status for o in finished] == ["succeeded"]
     finally:
         pool.stop()
+
+
+def test_a_job_names_what_its_worker_process_runs_with(spec: Callable[..., JobSpec]) -> None:
+    # environment.threads and device_name come from the child that trains, not from the server
+    # (whose own thread count differs, and which must not touch CUDA to name a GPU)
+    seen: dict[str, Any] = {}
+    done = threading.Semaphore(0)
+    pool: WorkerPool | None = None
+
+    def on_start(job_id: str, device: str) -> None:
+        assert pool is not None
+        seen.update(pool.facts(device))
+
+    pool = WorkerPool(
+        cpu_workers=1,
+        jobs_per_gpu=0,
+        cpu_threads=3,
+        max_queued=10,
+        on_start=on_start,
+        sink_for=lambda _: lambda *_: None,
+        on_finish=lambda job_id, outcome: done.release(),
+        gpus=[],
+        processes=True,
+    )
+    with threadpool_limits(limits=None, user_api="blas"):  # puts this process's BLAS cap back
+        pool.start()
+    try:
+        assert pool.wait_ready(120)
+        pool.submit("job", spec("tensors", steps=5))
+        assert done.acquire(timeout=60)
+    finally:
+        pool.stop()
+    assert seen["threads"] == 3
+    assert seen["cuda"] is None
+    assert isinstance(seen["device_name"], str) and seen["device_name"]
