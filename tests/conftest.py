@@ -16,10 +16,17 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Factory: make_server(TRAINWIRE_CPU_WORKERS="2", ...) starts a fresh server."""
     servers: list[Server] = []
 
-    def make(data_dir: Path | None = None, start: bool = True, **env: str) -> Server:
+    def make(
+        data_dir: Path | None = None,
+        start: bool = True,
+        command: tuple[str, ...] | None = None,
+        **env: str,
+    ) -> Server:
         directory = data_dir or tmp_path / f"server{len(servers)}"
         directory.mkdir(parents=True, exist_ok=True)
         server = Server(directory, {k: str(v) for k, v in env.items()})
+        if command is not None:
+            server.command = command
         servers.append(server)
         return server.start() if start else server
 

@@ -55,6 +55,8 @@ class Server:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # what runs after `python`, before `--port N`: `trainwire serve` unless told otherwise
+    command: tuple[str, ...] = ("-m", "app.cli", "serve")
 
     @property
     def url(self) -> str:
@@ -71,7 +73,7 @@ class Server:
         # the child writes to its own copy of the descriptor; ours is closed at once
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                [sys.executable, *self.command, "--port", str(self.port)],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
