@@ -30,9 +30,9 @@ RUN python -c 'import importlib.metadata as m; print("torch==" + m.version("torc
     && cat /tmp/torch-constraint.txt
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not
-# reinstall them.
+# reinstall them: the service's, and PostgreSQL's driver (TRAINWIRE_DATABASE_URL=postgresql+psycopg://...).
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["postgres"]))' \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -c /tmp/torch-constraint.txt -r /tmp/requirements.txt
 

@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest browser-deps bench gpu-check clean
+.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ browser-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's PostgreSQL server, for the service's tests on PostgreSQL (a throwaway cluster each run)
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 lint: install
 	$(BIN)/ruff check app workers tests bench
 	$(BIN)/ruff format --check app workers tests bench
@@ -38,7 +44,11 @@ typecheck: install
 pytest: install browser-deps
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+# the service and hardening tests again, each server on a PostgreSQL database of its own
+pytest-postgres: install postgres-deps
+	tests/with_postgres.sh $(BIN)/pytest -q -p no:cacheprovider tests/app tests/hardening
+
+test: lint typecheck pytest pytest-postgres
 
 bench: install
 	$(BIN)/python -m bench

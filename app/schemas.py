@@ -6,7 +6,7 @@ import math
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.variants import VARIANTS
 
@@ -68,6 +68,14 @@ class JobCreate(BaseModel):
         description="auto (a GPU when there is one and the variant can use it), cpu, cuda, cuda:N.",
     )
     label: str | None = Field(None, max_length=200, description="A name of your choosing.")
+
+    @field_validator("label")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # no database stores it faithfully (PostgreSQL refuses it, C strings end at it)
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain the NUL character (\\u0000)")
+        return value
 
 
 class JobError(BaseModel):

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import random
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +62,9 @@ def _cursor_decode(cursor: str) -> int:
         return pk
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidField(("query", "cursor"), "not a cursor this service handed out") from None
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{16}")  # what submit() hands out
 
 
 class JobService:
@@ -211,6 +215,8 @@ class JobService:
 
     # -- queries --------------------------------------------------------------------------------
     async def _row(self, job_id: str) -> JobRow:
+        if not _JOB_ID.fullmatch(job_id):  # not one of ours: no need to ask the store
+            raise JobNotFound(job_id)
         row = await run_in_threadpool(self.store.get_job, job_id)
         if row is None:
             raise JobNotFound(job_id)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import Server
+from servers import Server, drop_created_databases
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """With TRAINWIRE_TEST_POSTGRES_URL: leave no test database behind on that server."""
+    yield
+    drop_created_databases()
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
 """Test helpers: real uvicorn servers on 127.0.0.1 with real SQLite files, and client calls.
 
 Imported by tests as `from servers import ...` (tests/ is on pytest's pythonpath).
+
+With `TRAINWIRE_TEST_POSTGRES_URL` set (a PostgreSQL server's URL, e.g.
+`postgresql+psycopg://postgres@127.0.0.1:5432/postgres`), each server gets a database of its own
+on that PostgreSQL server instead of a SQLite file (`make test-postgres`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import signal
 import socket
@@ -18,6 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+POSTGRES = os.environ.get("TRAINWIRE_TEST_POSTGRES_URL") or None
+_CREATED: list[str] = []  # PostgreSQL databases made for this session's servers
+
+
+def drop_created_databases() -> None:
+    """Drop the PostgreSQL databases this session made (their servers are gone by now)."""
+    if POSTGRES is None or not _CREATED:
+        return
+    admin = create_engine(POSTGRES, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        while _CREATED:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_CREATED.pop()}" WITH (FORCE)'))
+    admin.dispose()
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,9 +89,60 @@ class Server:
     def db_path(self) -> Path:
         return self.data_dir / "trainwire.db"
 
+    @property
+    def database_url(self) -> str:
+        """The store: the SQLite file in data_dir, or a PostgreSQL database named after it."""
+        if POSTGRES is None:
+            return f"sqlite:///{self.db_path}"
+        name = "tw_" + hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16]
+        return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+
+    @property
+    def store_name(self) -> str:
+        """How the server names its store in messages (a file's path, a URL without password)."""
+        if POSTGRES is None:
+            return str(self.db_path)
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def store_exists(self) -> bool:
+        """Whether anything was ever stored (a file, or a migrated database)."""
+        if POSTGRES is None:
+            return self.db_path.exists()
+        name = make_url(self.database_url).database
+        admin = create_engine(POSTGRES, poolclass=NullPool)
+        with admin.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+        admin.dispose()
+        return found is not None and self.query("SELECT to_regclass('jobs') IS NOT NULL")[0][0]
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a query on the server's store, read directly (not through the API)."""
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def _create_database(self) -> None:
+        name = make_url(self.database_url).database
+        admin = create_engine(POSTGRES or "", poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                _CREATED.append(str(name))
+        admin.dispose()
+
     def start(self, timeout: float = 60.0) -> Server:
         env = {**os.environ, **self.env}
-        env.setdefault("TRAINWIRE_DATABASE_URL", f"sqlite:///{self.db_path}")
+        if POSTGRES is not None and "TRAINWIRE_DATABASE_URL" not in env:
+            self._create_database()
+        env.setdefault("TRAINWIRE_DATABASE_URL", self.database_url)
         self.log_path = self.data_dir / f"server-{time.monotonic_ns()}.log"
         # the child writes to its own copy of the descriptor; ours is closed at once
         with open(self.log_path, "wb") as log:

@@ -18,12 +18,13 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from app.store.tables import jobs, losses
 
@@ -47,45 +48,106 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class DatabaseInUse(Exception):
-    """Another server holds this SQLite file."""
+    """Another server holds this store."""
 
 
-def _lock_sqlite_file(database: Path) -> IO[str]:
-    """Hold an exclusive lock beside the SQLite file for as long as the server runs.
+def _in_use(holder: str, where: object) -> DatabaseInUse:
+    return DatabaseInUse(
+        f"another trainwire server ({holder}) uses {where}: stop it first, or give this one its "
+        "own TRAINWIRE_DATABASE_URL"
+    )
+
+
+class _FileLock:
+    """An exclusive lock beside a SQLite file, held for as long as the server runs.
 
     A second server on the same file would take the first one's running jobs for crashed ones,
     requeue them and run them again beside it. The kernel drops the lock when the process dies,
     so a `kill -9` leaves nothing to clean up.
     """
-    lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 (held open)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "?"
-        lock.close()
-        raise DatabaseInUse(
-            f"another trainwire server (pid {holder}) uses {database}: stop it first, or give "
-            "this one its own TRAINWIRE_DATABASE_URL"
-        ) from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
+
+    def __init__(self, database: Path):
+        database.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise _in_use(f"pid {holder}", database) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._file = lock
+
+    def close(self) -> None:
+        self._file.close()  # closing the file releases the lock
+
+
+class _PostgresLock:
+    """The same for a PostgreSQL database: a session-level advisory lock on a connection of its
+    own, which the server dies holding no longer than its connection lives."""
+
+    KEY = 0x7472_6E77  # "trnw"; advisory locks are per database
+
+    def __init__(self, url: str):
+        self._engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"application_name": f"trainwire pid {os.getpid()}"},
+        )
+        self._conn = self._engine.connect()
+        try:
+            got = self._conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({self.KEY})").scalar()
+            if not got:
+                holder = self._conn.exec_driver_sql(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    f"AND l.objid = {self.KEY} AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                ).scalar()
+                name = str(holder or "")
+                raise _in_use(
+                    name.removeprefix("trainwire ") if name.startswith("trainwire pid ") else "?",
+                    make_url(url).render_as_string(hide_password=True),
+                )
+            self._conn.commit()  # the lock is the session's: it outlives this transaction
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+        self._engine.dispose()
+
+
+def _lock_store(url: str) -> _FileLock | _PostgresLock | None:
+    """Take the store's one-server lock (SQLite file or PostgreSQL database); None elsewhere."""
+    database = _sqlite_file(url)
+    if database is not None:
+        return _FileLock(database)
+    if make_url(url).get_backend_name() == "postgresql":
+        return _PostgresLock(url)
+    return None
 
 
 def database_in_use(url: str) -> str | None:
-    """Why a server could not start on `url` now (another one holds the file), or None.
+    """Why a server could not start on `url` now (another one holds the store), or None.
 
-    A look before starting, so that a busy file is reported in one line; the store takes the
+    A look before starting, so that a busy store is reported in one line; the store takes the
     lock itself when it opens, which settles a race between two starts."""
     database = _sqlite_file(url)
-    if database is None or not database.parent.is_dir():
-        return None
+    if database is not None and not database.parent.is_dir():
+        return None  # nothing to hold yet, and nothing to create before the port is bound
     try:
-        _lock_sqlite_file(database).close()
+        lock = _lock_store(url)
     except DatabaseInUse as exc:
         return str(exc)
+    except Exception:  # unreachable or misconfigured: the store says why when it opens
+        return None
+    if lock is not None:
+        lock.close()
     return None
 
 
@@ -153,11 +215,7 @@ class AppendLosses:
 
 class Store:
     def __init__(self, url: str):
-        database = _sqlite_file(url)
-        self._lock: IO[str] | None = None
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_sqlite_file(database)
+        self._lock = _lock_store(url)
         try:
             self.engine = make_engine(url)
             migrate(self.engine)
@@ -178,7 +236,7 @@ class Store:
 
     def _unlock(self) -> None:
         if self._lock is not None:
-            self._lock.close()  # closing the file releases the lock
+            self._lock.close()
             self._lock = None
 
     # -- the writer -------------------------------------------------------------------------

@@ -105,6 +105,7 @@ CASES = [
     raw("NaN variant", '{"variant": NaN}', ("body", "variant")),
     raw("Infinity label", '{"variant": "numpy", "label": Infinity}', ("body", "label")),
     raw("lone surrogate in label", '{"variant": "numpy", "label": "\\ud800"}', ("body", "label")),
+    raw("NUL character in label", '{"variant": "numpy", "label": "a\\u0000b"}', ("body", "label")),
     raw(
         "lone surrogate in device", '{"variant": "numpy", "device": "\\udfff"}', ("body", "device")
     ),

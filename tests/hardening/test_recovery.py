@@ -10,11 +10,8 @@ uninterrupted run with the same seed and hyperparameters.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,14 +23,13 @@ SEED = 1234
 KILL_AFTER_STEP = 2_000
 
 
-def stored_steps(db_path: Path, job_id: str) -> tuple[int, int, int | None, int | None]:
-    """(rows, distinct steps, first step, last step) of the job's losses, read from the file."""
-    with closing(sqlite3.connect(db_path)) as db:
-        row = db.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM losses "
-            "WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?)",
-            (job_id,),
-        ).fetchone()
+def stored_steps(server: Server, job_id: str) -> tuple[int, int, int | None, int | None]:
+    """(rows, distinct steps, first step, last step) of the job's losses, read from the store."""
+    (row,) = server.query(
+        "SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM losses "
+        "WHERE job_pk = (SELECT pk FROM jobs WHERE id = :id)",
+        id=job_id,
+    )
     return row[0], row[1], row[2], row[3]
 
 
@@ -79,10 +75,9 @@ def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
         wait_for(long_is_well_under_way, timeout=60, interval=0.01)
     first.kill()
 
-    with closing(sqlite3.connect(first.db_path)) as db:
-        left = dict(db.execute("SELECT id, status FROM jobs").fetchall())
+    left = dict(first.query("SELECT id, status FROM jobs"))
     assert left == {long: "running", queued[0]: "queued", queued[1]: "queued"}
-    rows, distinct, low, high = stored_steps(first.db_path, long)
+    rows, distinct, low, high = stored_steps(first, long)
     assert rows == distinct and low == 0 and high == rows - 1 and rows >= KILL_AFTER_STEP
 
     second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
@@ -118,7 +113,7 @@ def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
             assert client.get("/v1/jobs", params={"status": status}).json()["items"] == []
 
     n = CURVE["steps"]
-    assert stored_steps(second.db_path, long) == (n, n, 0, n - 1)
+    assert stored_steps(second, long) == (n, n, 0, n - 1)
 
     subscriber.join(60)
     assert not subscriber.is_alive(), "the stream did not end"

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
 
 import httpx
 from httpx_sse import connect_sse
@@ -77,10 +75,7 @@ def test_sigterm_ends_streams_exits_0_and_the_job_runs_again(
     assert "Traceback" not in log, log
     assert "Application shutdown complete" in log
 
-    with closing(sqlite3.connect(server.db_path)) as db:
-        status, step = db.execute(
-            "SELECT status, step FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+    ((status, step),) = server.query("SELECT status, step FROM jobs WHERE id = :id", id=job_id)
     assert status == "queued", "the interrupted job is back in the queue"
     assert 0 < step < LONG["steps"]
 

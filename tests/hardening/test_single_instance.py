@@ -1,6 +1,7 @@
-"""One server per SQLite file, and nothing touched by a server that cannot listen.
+"""One server per store (SQLite file or PostgreSQL database), and nothing touched by a server that
+cannot listen.
 
-A second server on the same file would requeue the first one's running jobs as if they had
+A second server on the same store would requeue the first one's running jobs as if they had
 crashed and run them again beside it; a server started on a busy port would do the same to its
 own file before failing to listen.
 """
@@ -34,7 +35,7 @@ def test_a_second_server_on_the_same_file_refuses_to_start(
             raise AssertionError("a second server started on a file in use")
         assert second.process is not None and second.process.returncode != 0
         assert "another trainwire server" in message, message
-        assert str(first.db_path) in message, message
+        assert first.store_name in message, message
 
         # the first server never noticed: its job runs on, on its first attempt
         job = client.get(f"/v1/jobs/{running['id']}").json()
@@ -63,7 +64,7 @@ def serve(env: dict[str, str], port: int) -> subprocess.CompletedProcess[str]:
 
 def test_serve_on_a_file_in_use_says_so_in_one_line(make_server: Callable[..., Server]) -> None:
     first = make_server()
-    done = serve({**first.env, "TRAINWIRE_DATABASE_URL": f"sqlite:///{first.db_path}"}, free_port())
+    done = serve({**first.env, "TRAINWIRE_DATABASE_URL": first.database_url}, free_port())
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
     lines = [line for line in output.splitlines() if line.strip()]
@@ -72,7 +73,7 @@ def test_serve_on_a_file_in_use_says_so_in_one_line(make_server: Callable[..., S
     assert (
         first.process is not None
         and f"pid {first.process.pid}" in lines[0]
-        and str(first.db_path) in lines[0]
+        and first.store_name in lines[0]
     ), output
     with first.client() as client:
         assert client.get("/readyz").status_code == 200
@@ -84,7 +85,7 @@ def test_a_bad_setting_names_the_variable_and_starts_nothing(
     blocked = make_server(start=False)
     env = {
         **blocked.env,
-        "TRAINWIRE_DATABASE_URL": f"sqlite:///{blocked.db_path}",
+        "TRAINWIRE_DATABASE_URL": blocked.database_url,
         "TRAINWIRE_CPU_WORKERS": "two",
         "TRAINWIRE_API_TOKEN": "s3cret",
     }
@@ -93,7 +94,7 @@ def test_a_bad_setting_names_the_variable_and_starts_nothing(
     assert done.returncode == 2, output
     assert "TRAINWIRE_CPU_WORKERS='two'" in output and "valid integer" in output, output
     assert "Traceback" not in output and "s3cret" not in output, output
-    assert not blocked.db_path.exists()
+    assert not blocked.store_exists()
 
 
 def test_a_server_that_cannot_listen_exits_before_opening_its_store(
@@ -104,13 +105,13 @@ def test_a_server_that_cannot_listen_exits_before_opening_its_store(
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(first.port)],
         cwd=ROOT,
-        env={**os.environ, **blocked.env, "TRAINWIRE_DATABASE_URL": f"sqlite:///{blocked.db_path}"},
+        env={**os.environ, **blocked.env, "TRAINWIRE_DATABASE_URL": blocked.database_url},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode != 0
     assert "address already in use" in (done.stdout + done.stderr).lower()
-    assert not blocked.db_path.exists(), "the store was opened by a server that never listened"
+    assert not blocked.store_exists(), "the store was opened by a server that never listened"
     with first.client() as client:
         assert client.get("/readyz").status_code == 200
