@@ -20,7 +20,7 @@ from app.api import health, jobs, pages, variants
 from app.api.deps import require_token
 from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
 from app.hub import EventHub
-from app.server import redact_tokens_in_logs
+from app.server import end_streams_on_stop_signals, redact_tokens_in_logs
 from app.service import JobService
 from app.settings import Settings
 from app.store import DatabaseInUse, Store
@@ -63,9 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # what start-up built (modules, routes, schemas) lives as long as the process: keep it
         # out of the garbage collector's scans, which otherwise grow with every import
         gc.freeze()
+        restore_signals = end_streams_on_stop_signals(hub)
         try:
             yield
         finally:
+            restore_signals()
             hub.close()
             await run_in_threadpool(service.stop)
             await run_in_threadpool(store.close)

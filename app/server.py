@@ -2,7 +2,9 @@
 
 On SIGTERM uvicorn waits for every open connection before the lifespan's shutdown, and an SSE
 stream never closes by itself: so the server first tells the event hub to end every stream
-(each sends a last comment with a `retry:` hint and returns), then shuts down as usual.
+(each sends a last comment with a `retry:` hint and returns), then shuts down as usual. The
+lifespan wraps the stop signals' handlers for that (`uvicorn app.main:app` too); `Server` does it
+again for a shutdown that no signal started.
 
 uvicorn's access log prints each request's query string, where a browser's EventSource carries
 the API token (`?access_token=`): a log filter replaces its value before any handler sees it.
@@ -10,15 +12,21 @@ the API token (`?access_token=`): a log filter replaces its value before any han
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from app.hub import EventHub
 
 TOKEN_QUERY_PARAMETER = "access_token"
 REDACTED = "[redacted]"
@@ -64,6 +72,37 @@ def redact_tokens_in_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
             logger.addFilter(RedactQueryTokens())
+
+
+def end_streams_on_stop_signals(hub: EventHub) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM end every event stream before the server's own handler runs.
+
+    Called from the lifespan, so that it holds however the app is served (`trainwire serve`,
+    `uvicorn app.main:app`): by then uvicorn has installed its handlers, and each is wrapped.
+    Returns what puts them back. A signal handler runs between two bytecodes of the event loop's
+    thread, so it only schedules the hub's close on the loop."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # not served from the main thread: signals are not ours to catch
+    loop = asyncio.get_running_loop()
+    wrapped: dict[int, tuple[Any, Any]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(sig)
+        if not callable(before):
+            continue  # the default action or ignored: no server is waiting for this signal
+
+        def handler(signum: int, frame: FrameType | None, before: Any = before) -> None:
+            loop.call_soon_threadsafe(hub.close)
+            before(signum, frame)
+
+        signal.signal(sig, handler)
+        wrapped[sig] = (handler, before)
+
+    def restore() -> None:
+        for sig, (handler, before) in wrapped.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+    return restore
 
 
 class Server(uvicorn.Server):
