@@ -10,10 +10,13 @@ worker does, with a recorder that calls `.item()` on every step's loss as the tu
 wall time covers building the problem and the loop. Both use the same seed, so the two runs must
 end on the same loss, bit for bit.
 
-Repetitions are interleaved (plain, API, API, plain, ...) and the ratio is the median of the
-paired ratios API / plain. Also shown: the ratio of the best runs (the fastest API run over the
-fastest plain one: noise only ever adds time) and the CPU time the hypervisor stole from this
-machine during each kind of run, the noise that moves the medians on a shared host.
+Each pair runs on a fresh server and a fresh plain process, in alternating order (plain first,
+then API first, ...), and the ratio is the median of the paired ratios API / plain: the same
+loop runs a few percent faster or slower from one process to the next, a draw that a single
+process per side would hand to the ratio. Also shown: the ratio of the best runs (the fastest
+API run over the fastest plain one: noise only ever adds time) and the CPU time the hypervisor
+stole from this machine during each kind of run, the noise that moves the medians on a shared
+host.
 Reproduce: `.venv/bin/python -m bench overhead` (`--quick`: fewer steps).
 """
 
@@ -166,19 +169,26 @@ def run(quick: bool) -> list[Figure]:
 
     steps = 200 if quick else 3000
     reps = 2 if quick else 7
-    print(f"## overhead: one {steps}-step job, API vs plain loop, {reps} interleaved runs\n")
+    print(
+        f"## overhead: one {steps}-step job, API vs plain loop, {reps} interleaved runs, "
+        "each pair on a fresh server and a fresh plain process\n"
+    )
     plain: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     api: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    worker = PlainWorker()
-    try:
-        with (
-            server(threads_per_cpu_job=1) as srv,
-            httpx.Client(base_url=srv.url, timeout=120) as client,
-        ):
-            for variant in VARIANTS:  # warm up both sides (lazy imports, allocator, connection)
-                worker.run(variant, 20)
-                api_run(client, variant, 20)
-            for rep in range(reps):
+    for rep in range(reps):
+        # a fresh server (so fresh worker processes) and a fresh plain process for every pair:
+        # the same loop runs a few percent faster or slower from one process to the next (where
+        # its memory happens to lie), and one process per side would give that draw to the
+        # ratio as if it were trainwire's
+        worker = PlainWorker()
+        try:
+            with (
+                server(threads_per_cpu_job=1) as srv,
+                httpx.Client(base_url=srv.url, timeout=120) as client,
+            ):
+                for variant in VARIANTS:  # warm both up (lazy imports, allocator, connection)
+                    worker.run(variant, 20)
+                    api_run(client, variant, 20)
                 for variant in VARIANTS:
                     order = ("plain", "api") if rep % 2 == 0 else ("api", "plain")
                     for mode in order:
@@ -190,8 +200,8 @@ def run(quick: bool) -> list[Figure]:
                             result = api_run(client, variant, steps)
                             api[variant].append(result)
                         result["steal"] = steal_seconds() - stolen
-    finally:
-        worker.stop()
+        finally:
+            worker.stop()
 
     figures = []
     rows = []

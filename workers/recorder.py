@@ -65,8 +65,8 @@ class LossRecorder:
         if self._cuda and isinstance(loss, torch.Tensor) and loss.is_cuda:
             self._record_device(t, loss)
             return
-        # a host value: no device involved
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        # a host value: no device involved (`.item()` of a CPU tensor is a plain read)
+        value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         self._pending.append(value)
         self._recorded = t + 1
         if not math.isfinite(value):

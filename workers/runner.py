@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +20,12 @@ from workers.hyperparameters import Hyperparameters
 from workers.problem import TORCH_DTYPES, Problem
 from workers.recorder import Diverged, LossRecorder, LossSink
 from workers.variants import VARIANTS
+
+
+class CancelFlag(Protocol):
+    """What a run asks between steps: a threading.Event, or a flag shared with another process."""
+
+    def is_set(self) -> bool: ...
 
 
 class Cancelled(Exception):
@@ -57,7 +63,7 @@ class Run:
         self,
         spec: JobSpec,
         recorder: LossRecorder,
-        cancel: threading.Event,
+        cancel: CancelFlag,
         deadline: float | None,
     ):
         hp = spec.hyperparameters
@@ -103,7 +109,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def run_job(
     spec: JobSpec,
     sink: LossSink,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     timeout_s: float | None = None,
     flush_seconds: float = 0.005,
 ) -> Outcome:
