@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
 from app.hub import EventHub, encode_losses, encode_status
-from app.schemas import Job, JobCreate, JobStatus
+from app.schemas import Job, JobCreate, JobError, JobStatus
 from app.settings import Settings
 from app.store import JobRow, Store
 from workers.hyperparameters import HyperparameterError, parse_hyperparameters
@@ -41,6 +41,34 @@ KEEPALIVE_SECONDS = 15.0
 # Job ids and drawn seeds: a generator of the service's own, seeded from the OS once (os.urandom
 # on every request would release and wait for the GIL behind busy workers). Never used by a run.
 _ids = random.Random(os.urandom(32))
+
+
+def job_from_row(row: JobRow) -> Job:
+    """The API's view of a stored job."""
+    error = None
+    if row.get("error_code"):
+        step = row["step"] - 1 if row["error_code"] == "diverged" else None
+        error = JobError(code=row["error_code"], message=row["error_message"] or "", step=step)
+    last = row.get("last_loss")
+    return Job(
+        id=row["id"],
+        variant=row["variant"],
+        label=row["label"],
+        hyperparameters=row["hyperparameters"],
+        seed=row["seed"],
+        device=row["device"],
+        assigned_device=row.get("assigned_device"),
+        status=row["status"],
+        step=row["step"],
+        steps=row["steps"],
+        last_loss=last if last is not None and math.isfinite(last) else None,
+        created_at=row["created_at"],
+        started_at=row.get("started_at"),
+        finished_at=row.get("finished_at"),
+        environment=row.get("environment"),
+        error=error,
+        attempts=row.get("attempts") or 0,
+    )
 
 
 def utcnow() -> str:
@@ -141,7 +169,7 @@ class JobService:
         row = await asyncio.wrap_future(self.store.submit(self.store.op_insert_job(values)))
         row["_queue_device"] = device
         self._enqueue(row, force=True)
-        return Job.from_row(row)
+        return job_from_row(row)
 
     def _resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:
         gpus = self.pool.gpus if self.settings.jobs_per_gpu > 0 else []
@@ -193,7 +221,7 @@ class JobService:
             raise JobFinal(job_id, row["status"])
         where = self.pool.cancel(job_id)
         if where == "running":
-            return Job.from_row(row)
+            return job_from_row(row)
         updated = await asyncio.wrap_future(
             self.store.submit(
                 self.store.op_update_job(
@@ -205,7 +233,7 @@ class JobService:
         if updated is None:  # it ended meanwhile
             row = await self._row(job_id)
             raise JobFinal(job_id, row["status"])
-        return Job.from_row(updated)
+        return job_from_row(updated)
 
     async def delete(self, job_id: str) -> None:
         row = await self._row(job_id)
@@ -223,7 +251,7 @@ class JobService:
         return row
 
     async def get(self, job_id: str) -> Job:
-        return Job.from_row(await self._row(job_id))
+        return job_from_row(await self._row(job_id))
 
     async def list_jobs(
         self, limit: int, cursor: str | None, statuses: list[str], variants: list[str]
@@ -234,7 +262,7 @@ class JobService:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [Job.from_row(r) for r in rows], _cursor_encode(rows[-1]["pk"]) if more else None
+        return [job_from_row(r) for r in rows], _cursor_encode(rows[-1]["pk"]) if more else None
 
     async def losses(
         self, job_id: str, after: int, limit: int
@@ -294,14 +322,14 @@ class JobService:
             row = await self._row(job_id)
             # retry: a dropped browser reconnects after 1 s (with Last-Event-ID), not 3 s
             yield format_sse_event(
-                data_str=Job.from_row(row).model_dump_json(), event="status", retry=1000
+                data_str=job_from_row(row).model_dump_json(), event="status", retry=1000
             )
             next_step = after + 1
             async for data, replayed_to in self._replay(row["pk"], next_step, None):
                 yield data
                 next_step = replayed_to
             if JobStatus(row["status"]).is_final:
-                yield encode_status(Job.from_row(row).model_dump_json())
+                yield encode_status(job_from_row(row).model_dump_json())
                 return
             while True:
                 if cursor < channel.first_seq:  # fell out of the window: catch up from the store
@@ -379,7 +407,7 @@ class JobService:
     def _after_status(self, job_id: str, final: bool) -> Any:
         def publish(row: JobRow | None) -> None:
             if row is not None:
-                data = Job.from_row(row).model_dump_json()
+                data = job_from_row(row).model_dump_json()
                 self.loop.call_soon_threadsafe(self.hub.publish_status, job_id, data, final)
 
         return publish

@@ -16,8 +16,8 @@ from typing import Any
 from jobclient import strict_json
 
 from app.hub import EventHub
-from app.schemas import Job, JobCreate
-from app.service import JobService
+from app.schemas import JobCreate
+from app.service import JobService, job_from_row
 from app.settings import Settings
 from app.store import Store
 
@@ -53,7 +53,7 @@ class Harness:
 
     def finish(self) -> None:
         row = self.store.submit(self.store.op_update_job(self.pk, status="succeeded")).result()
-        self.hub.publish_status(self.job_id, Job.from_row(row).model_dump_json(), final=True)
+        self.hub.publish_status(self.job_id, job_from_row(row).model_dump_json(), final=True)
 
     async def stream(self) -> AsyncIterator[bytes]:
         return await self.service.events(self.job_id, -1)
