@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 _HP_HELP = {
@@ -86,12 +89,66 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(host: str, port: int) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.server import redact_tokens_in_logs
+    from app.settings import Settings
+    from app.store import database_in_use
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+            hub = getattr(asgi_app.state, "hub", None)
+            if hub is not None:
+                hub.close()
+            await super().shutdown(sockets=sockets)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("trainwire")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "TRAINWIRE_" + "_".join(map(str, error["loc"])).upper()
+            given = "" if "TOKEN" in name else f"={error.get('input')!r}"  # never log a secret
+            log.error("cannot start: %s%s: %s", name, given, error["msg"])
+        return 2
+    # a SQLite file that another server holds: say so in one line and stop
+    busy = database_in_use(settings.database_url)
+    if busy is not None:
+        log.error("cannot start: %s", busy)
+        return 3
+    from app.main import app as asgi_app  # built from the same environment, known valid now
+
+    config = uvicorn.Config(
+        asgi_app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=8,
+        log_level="info",
+        proxy_headers=False,
+    )
+    redact_tokens_in_logs()  # after uvicorn.Config, which configures the loggers
+    # uvicorn raises a SIGTERM again once it has shut down, so that the process dies of it (exit
+    # status 143); a stop that was asked for and went cleanly should exit 0. uvicorn puts this
+    # handler back before raising the signal again.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    # bind before the lifespan opens the store and recovers its jobs: a server that cannot
+    # listen (the port is taken) exits here, having touched nothing (uvicorn logs why)
+    sock = config.bind_socket()
+    Server(config).run(sockets=[sock])
+    return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    from app.server import serve
-
     return serve(args.host, args.port)
 
 

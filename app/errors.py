@@ -33,3 +33,19 @@ class InvalidField(Exception):
     def __init__(self, loc: tuple[str | int, ...], msg: str, type_: str = "value_error"):
         self.errors = [{"loc": loc, "msg": msg, "type": type_}]
         super().__init__(msg)
+
+
+class InvalidFields(InvalidField):
+    """Several wrong values at once (each a pydantic-style error dict)."""
+
+    def __init__(self, errors: list[dict[str, object]]):
+        Exception.__init__(self, "; ".join(str(e["msg"]) for e in errors))
+        self.errors = errors  # type: ignore[assignment]
+
+
+class QueueFull(Exception):
+    """No room in the queue; try again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(f"the queue is full; retry after {retry_after} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -36,14 +35,15 @@ class Chunk:
 
 
 def encode_losses(first_step: int, values: list[float | None] | tuple[float | None, ...]) -> bytes:
-    """`loss` events for consecutive steps; non-finite losses are written as null."""
+    """`loss` events for consecutive steps (a loss that was not finite is None: null)."""
     parts = []
     for i, value in enumerate(values):
         step = first_step + i
-        loss = value if value is not None and math.isfinite(value) else None
         parts.append(
             format_sse_event(
-                data_str=json.dumps({"step": step, "loss": loss}), event="loss", id=str(step)
+                data_str=json.dumps({"step": step, "loss": value}, allow_nan=False),
+                event="loss",
+                id=str(step),
             )
         )
     return b"".join(parts)
@@ -127,11 +127,12 @@ class EventHub:
     def subscriber_count(self) -> int:
         return sum(c.subscribers for c in self._channels.values())
 
-    def publish_losses(self, job_id: str, first_step: int, values: list[float]) -> None:
+    def publish_losses(self, job_id: str, first_step: int, values: list[float | None]) -> None:
+        """Losses as stored: a loss that was not finite is None already."""
         channel = self._channels.get(job_id)
         if channel is None:  # nobody is watching
             return
-        clean = tuple(v if math.isfinite(v) else None for v in values)
+        clean = tuple(values)
         channel.append(
             encode_losses(first_step, clean),
             self._max_chunks,

@@ -1,30 +1,29 @@
-"""Builds the app: routes, error mapping, the lifespan (open store, start pool, stop cleanly)."""
+"""Builds the app: routes, error mapping, the lifespan (open store, start the backend, stop
+cleanly). `uvicorn app.main:app` serves the module's `app`, built from the environment."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import health, jobs, pages, variants
 from app.api.deps import require_token
-from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
+from app.api.errors import add_error_handlers
+from app.backends import make_backend
 from app.hub import EventHub
+from app.losses import LossReader
 from app.server import end_streams_on_stop_signals, redact_tokens_in_logs
 from app.service import JobService
 from app.settings import Settings
 from app.store import DatabaseInUse, Store
-from workers.pool import QueueFull
+from app.stream import EventStreams
 
 log = logging.getLogger("trainwire")
 
@@ -57,8 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", exc)
             raise
         hub = EventHub()
-        service = JobService(settings, store, hub)
+        service = JobService(settings, store, hub, make_backend(settings))
         app.state.hub, app.state.store, app.state.service = hub, store, service
+        app.state.streams = EventStreams(store, hub)
+        app.state.losses = LossReader(store)
         await run_in_threadpool(service.start)
         # what start-up built (modules, routes, schemas) lives as long as the process: keep it
         # out of the garbage collector's scans, which otherwise grow with every import
@@ -95,61 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
     app.include_router(health.router)
     pages.mount_pages(app)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(JobNotFound)
-    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(JobFinal)
-    @app.exception_handler(JobNotFinal)
-    async def conflict(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)}
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc.errors())
-
-    @app.exception_handler(InvalidField)
-    async def invalid(_: Request, exc: InvalidField) -> JSONResponse:
-        # the same shape as FastAPI's own validation errors
-        return _validation_response(exc.errors)
-
-
-def _validation_response(errors: Sequence[Any]) -> JSONResponse:
-    """FastAPI's 422 body, made strict JSON whatever the client sent.
-
-    FastAPI echoes each wrong value as `input`: a `NaN` (which Python's json parser accepts) or a
-    lone surrogate (`"\\ud800"`) would make rendering the error itself fail with a 500.
-    """
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf": what was sent, as a string
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def __getattr__(name: str) -> Any:
-    """`uvicorn app.main:app`: the app is built from the environment on first use, so importing
-    this module (as `trainwire serve` does) builds nothing and reads no settings."""
-    if name == "app":
-        built = globals()["app"] = create_app()
-        return built
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+app = create_app()

@@ -1,10 +1,11 @@
-"""Runs the app under uvicorn and ends open event streams at shutdown.
+"""What the app needs of the process that serves it: open event streams end at shutdown, and
+no token reaches a log.
 
 On SIGTERM uvicorn waits for every open connection before the lifespan's shutdown, and an SSE
 stream never closes by itself: so the server first tells the event hub to end every stream
 (each sends a last comment with a `retry:` hint and returns), then shuts down as usual. The
-lifespan wraps the stop signals' handlers for that (`uvicorn app.main:app` too); `Server` does it
-again for a shutdown that no signal started.
+lifespan wraps the stop signals' handlers for that (`uvicorn app.main:app` too); `trainwire
+serve` (app.cli) does it again for a shutdown that no signal started.
 
 uvicorn's access log prints each request's query string, where a browser's EventSource carries
 the API token (`?access_token=`): a log filter replaces its value before any handler sees it.
@@ -20,10 +21,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
-
-import uvicorn
-from fastapi import FastAPI
-from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from app.hub import EventHub
@@ -103,58 +100,3 @@ def end_streams_on_stop_signals(hub: EventHub) -> Callable[[], None]:
                 signal.signal(sig, before)
 
     return restore
-
-
-class Server(uvicorn.Server):
-    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-        app: FastAPI | None = getattr(self.config, "loaded_app_state", None)
-        hub = getattr(getattr(app, "state", None), "hub", None) if app else None
-        if hub is not None:
-            hub.close()
-        await super().shutdown(sockets=sockets)
-
-
-def serve(host: str, port: int) -> int:
-    from app.main import create_app
-    from app.settings import Settings
-    from app.store import database_in_use
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("trainwire")
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            name = "TRAINWIRE_" + "_".join(map(str, error["loc"])).upper()
-            given = "" if "TOKEN" in name else f"={error.get('input')!r}"  # never log a secret
-            log.error("cannot start: %s%s: %s", name, given, error["msg"])
-        return 2
-    # a SQLite file that another server holds: say so in one line and stop
-    busy = database_in_use(settings.database_url)
-    if busy is not None:
-        log.error("cannot start: %s", busy)
-        return 3
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        timeout_graceful_shutdown=8,
-        log_level="info",
-        proxy_headers=False,
-    )
-    config.loaded_app_state = app  # type: ignore[attr-defined]
-    redact_tokens_in_logs()  # after uvicorn.Config, which configures the loggers
-    # uvicorn raises a SIGTERM again once it has shut down, so that the process dies of it (exit
-    # status 143); a stop that was asked for and went cleanly should exit 0. uvicorn puts this
-    # handler back before raising the signal again.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    # bind before the lifespan opens the store and recovers its jobs: a server that cannot
-    # listen (the port is taken) exits here, having touched nothing (uvicorn logs why)
-    sock = config.bind_socket()
-    Server(config).run(sockets=[sock])
-    return 0
-
-
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)

@@ -87,8 +87,9 @@ def compute_to_first_loss(samples: int) -> list[float]:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from trainwire.jobs import JobSpec
     from workers.hyperparameters import Limits, parse_hyperparameters
-    from workers.runner import JobSpec, run_job
+    from workers.runner import run_job
     from workers.variants import VARIANTS
 
     hp = parse_hyperparameters(VARIANTS["numpy"].hyperparameters, dict(JOB_HP), "numpy", Limits())

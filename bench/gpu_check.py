@@ -20,14 +20,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
+from trainwire.jobs import JobSpec
+from workers.backend import wait_finished
 from workers.hyperparameters import Limits, parse_hyperparameters
-from workers.pool import WorkerPool
-from workers.runner import JobSpec, Outcome, Run, run_job
+from workers.pool import LocalBackend
+from workers.runner import Run, run_job
 from workers.variants import VARIANTS
 
 NO_LIMITS = Limits(max_steps=10**9, max_job_bytes=1 << 62)
@@ -102,30 +105,18 @@ class _null:
 
 
 def concurrent_steps_per_s(device: str, jobs: int, variant: str, steps: int, size: str) -> float:
-    done = threading.Semaphore(0)
-    outcomes: list[Outcome] = []
-
-    def on_finish(_: str, outcome: Outcome) -> None:
-        outcomes.append(outcome)
-        done.release()
-
     cpu = device == "cpu"
-    pool = WorkerPool(
+    pool = LocalBackend(
         cpu_workers=jobs if cpu else 0,
         jobs_per_gpu=0 if cpu else jobs,
         cpu_threads=1,
-        max_queued=1000,
-        on_start=lambda *_: None,
-        sink_for=lambda _: lambda *_: None,
-        on_finish=on_finish,
         gpus=[] if cpu else [device],
     )
     pool.start()
     began = time.perf_counter()
     for i in range(jobs):
-        pool.submit(f"job{i}", spec(variant, device, steps, size, seed=i))
-    for _ in range(jobs):
-        done.acquire()
+        pool.submit(replace(spec(variant, device, steps, size, seed=i), job_id=f"job{i}"))
+    outcomes, _ = wait_finished(pool, jobs)
     elapsed = time.perf_counter() - began
     pool.stop()
     assert all(o.status == "succeeded" for o in outcomes), outcomes

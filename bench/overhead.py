@@ -70,8 +70,9 @@ def plain_worker() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from trainwire.jobs import JobSpec
     from workers.hyperparameters import Limits, parse_hyperparameters
-    from workers.runner import JobSpec, Run
+    from workers.runner import Run
     from workers.variants import VARIANTS as ALL
 
     threadpool_limits(limits=1, user_api="blas")

@@ -55,8 +55,9 @@ def plain(count: int, workers: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from trainwire.jobs import JobSpec
     from workers.hyperparameters import Limits, parse_hyperparameters
-    from workers.runner import JobSpec, run_job
+    from workers.runner import run_job
     from workers.variants import VARIANTS
 
     threadpool_limits(limits=1, user_api="blas")

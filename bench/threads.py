@@ -9,12 +9,13 @@ Reproduce: `.venv/bin/python -m bench.threads`
 from __future__ import annotations
 
 import os
-import threading
 import time
+from dataclasses import replace
 
+from trainwire.jobs import JobSpec
+from workers.backend import wait_finished
 from workers.hyperparameters import Limits, parse_hyperparameters
-from workers.pool import WorkerPool
-from workers.runner import JobSpec
+from workers.pool import LocalBackend
 from workers.variants import VARIANTS
 
 NO_LIMITS = Limits(max_steps=10**9, max_job_bytes=1 << 62)
@@ -27,26 +28,16 @@ def spec(variant: str, seed: int, **hp: object) -> JobSpec:
 
 def run_batch(cpu_workers: int, threads: int, specs: list[JobSpec]) -> float:
     """Seconds for the pool to finish every spec."""
-    done = threading.Semaphore(0)
-    pool = WorkerPool(
-        cpu_workers=cpu_workers,
-        jobs_per_gpu=0,
-        cpu_threads=threads,
-        max_queued=10**6,
-        on_start=lambda *_: None,
-        sink_for=lambda _: lambda *_: None,
-        on_finish=lambda *_: done.release(),
-        gpus=[],
-        processes=True,
+    pool = LocalBackend(
+        cpu_workers=cpu_workers, jobs_per_gpu=0, cpu_threads=threads, gpus=[], processes=True
     )
     pool.start()
     if not pool.wait_ready(300):
         raise RuntimeError("the worker processes did not start within 300 s")
     began = time.perf_counter()
     for i, s in enumerate(specs):
-        pool.submit(f"job{i}", s)
-    for _ in specs:
-        done.acquire()
+        pool.submit(replace(s, job_id=f"job{i}"))
+    wait_finished(pool, len(specs))
     elapsed = time.perf_counter() - began
     pool.stop()
     return elapsed

@@ -99,7 +99,7 @@ class Finished:
     """The run ended; `steps_done` steps were handed out before it did."""
 
     job_id: str
-    outcome: RunOutcome
+    status: RunOutcome
     steps_done: int
     error_code: ErrorCode | None = None
     error_message: str | None = None

@@ -1,29 +1,39 @@
-"""Worker threads that run jobs, per device, in submission order.
+"""The local backend: worker threads on this host that run jobs, per device, in submission order.
 
 CPU workers share the cores: each sets its own torch thread count (on this build
 `torch.set_num_threads` holds per thread) so that (CPU jobs at once) x (threads each) stays within
 the cores. numpy's BLAS pool is process-wide and is capped once when the pool starts. GPU workers
 run `jobs_per_gpu` jobs per visible device, each on its own CUDA stream (see runner), and wait for
 free device memory rather than start a job that would not fit.
+
+With `processes`, each worker thread hands its jobs to a child process of its own
+(workers.processes), so that training never waits for the service's GIL. Everything a job does
+comes back as messages on one bounded queue: when the consumer falls behind (a store that cannot
+write), the workers block on it, the children block on their pipes, and training pauses.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 
+from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
+from trainwire.jobs import WorkerMessage as Message
+from workers.backend import Backend, CancelResult, DeviceUnavailable
 from workers.hyperparameters import estimate_job_bytes
 from workers.processes import ChildWorker, device_facts
-from workers.recorder import LossSink
-from workers.runner import JobSpec, Outcome, run_job
+from workers.runner import run_job
 
 log = logging.getLogger(__name__)
+
+# messages held for the consumer before the workers wait: ~20 ms batches, so seconds of training
+MAX_PENDING_MESSAGES = 4096
 
 
 def visible_gpus() -> list[str]:
@@ -33,63 +43,56 @@ def visible_gpus() -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-class QueueFull(Exception):
-    """No room in the queue; try again after `retry_after` seconds."""
-
-    def __init__(self, retry_after: int):
-        self.retry_after = retry_after
-        super().__init__(f"the queue is full; retry after {retry_after} s")
-
-
 @dataclass
 class _Queued:
-    job_id: str
     spec: JobSpec  # spec.device: "cpu", "cuda" (any GPU) or "cuda:N"
     cancel: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
 
-class WorkerPool:
+
+class LocalBackend(Backend):
+    name = "local"
+
     def __init__(
         self,
         *,
         cpu_workers: int,
         jobs_per_gpu: int,
         cpu_threads: int,
-        max_queued: int,
-        on_start: Callable[[str, str], None],
-        sink_for: Callable[[str], LossSink],
-        on_finish: Callable[[str, Outcome], None],
         timeout_s: float | None = None,
         flush_seconds: float = 0.005,
         gpus: list[str] | None = None,
         processes: bool = False,
+        max_pending_messages: int = MAX_PENDING_MESSAGES,
     ):
         self.gpus = visible_gpus() if gpus is None else gpus
         self.processes = processes  # run each worker's jobs in a child process of its own
         self.cpu_workers = cpu_workers
         self.jobs_per_gpu = jobs_per_gpu
         self.cpu_threads = cpu_threads
-        self.max_queued = max_queued
-        self._on_start = on_start
-        self._sink_for = sink_for
-        self._on_finish = on_finish
         self._timeout_s = timeout_s
         self._flush_seconds = flush_seconds
+        self._messages: queue.Queue[Message] = queue.Queue(maxsize=max_pending_messages)
         self._queue: list[_Queued] = []  # FIFO; a worker takes the first job for its device
         self._running: dict[str, _Queued] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._children: list[ChildWorker] = []
         self._workers_up = 0  # workers whose child process has started (or tried to)
         self._workers_wanted: int | None = None  # set by start()
-        self._job_seconds = 1.0  # running mean of a job's duration, for Retry-After
-        self._facts: dict[str, dict[str, Any]] = {}  # device -> what its worker process reported
 
     @property
     def devices(self) -> list[str]:
-        """Devices that have at least one worker."""
         cpu = ["cpu"] if self.cpu_workers > 0 else []
         return cpu + (self.gpus if self.jobs_per_gpu > 0 else [])
+
+    @property
+    def slots(self) -> int:
+        return self.cpu_workers + len(self.gpus) * self.jobs_per_gpu
 
     def start(self) -> None:
         from threadpoolctl import threadpool_limits
@@ -108,52 +111,60 @@ class WorkerPool:
             self._threads.append(thread)
 
     def has_worker_for(self, device: str) -> bool:
-        """Whether some worker of this pool takes jobs for `device` ("cpu", "cuda", "cuda:N")."""
+        """Whether some worker takes jobs for `device` ("cpu", "cuda", "cuda:N")."""
         if device == "cpu":
             return self.cpu_workers > 0
         if self.jobs_per_gpu == 0:
             return False
         return bool(self.gpus) if device == "cuda" else device in self.gpus
 
+    def resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:
+        gpus = self.gpus if self.jobs_per_gpu > 0 else []
+        if asked == "auto" and gpus and "cuda" in supported:
+            return "cuda"
+        if asked in ("auto", "cpu"):
+            if self.cpu_workers == 0:
+                # else the job would wait in the queue for a worker that never comes
+                why = ""
+                if asked == "auto":
+                    why = (
+                        " and no GPU workers"
+                        if "cuda" in supported
+                        else "; the variant is CPU-only"
+                    )
+                raise DeviceUnavailable(f"this server runs no CPU workers{why}")
+            return "cpu"
+        if "cuda" not in supported:
+            raise DeviceUnavailable("this variant runs on the CPU only")
+        if not gpus:
+            raise DeviceUnavailable(f"this host has no GPU for {asked!r}")
+        if asked != "cuda" and asked not in gpus:
+            raise DeviceUnavailable(f"this host has no {asked}; it has {', '.join(gpus)}")
+        return asked
+
     @property
     def ready(self) -> bool:
-        """Started, and every worker can take a job at once (its child process is up)."""
+        """Started, and every worker can take a job at once (its child process is up and not
+        stopped)."""
         with self._cond:
-            return self._all_up()
+            if not self._all_up():
+                return False
+            children = list(self._children)
+        return all(child.alive for child in children)
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait until `ready`; False if it took longer than `timeout` seconds."""
         with self._cond:
             return self._cond.wait_for(self._all_up, timeout)
 
     def _all_up(self) -> bool:
         return self._workers_wanted is not None and self._workers_up >= self._workers_wanted
 
-    def facts(self, device: str) -> dict[str, Any]:
-        """The device's name, CUDA version and torch threads, as the process training on it sees
-        them: reported by the worker's child process, or looked up here (call it from the
-        worker's own thread: torch's thread count is per thread on this build)."""
+    def submit(self, spec: JobSpec) -> None:
         with self._cond:
-            reported = self._facts.get(device)
-        return dict(reported) if reported is not None else device_facts(device)
-
-    def check_room(self) -> None:
-        """Raise QueueFull (with a Retry-After estimate) when the queue is at its limit."""
-        with self._cond:
-            if len(self._queue) >= self.max_queued:
-                busy = max(1, len(self._threads))
-                raise QueueFull(max(1, round(len(self._queue) * self._job_seconds / busy)))
-
-    def submit(self, job_id: str, spec: JobSpec, force: bool = False) -> None:
-        """Queue a job; raises QueueFull when the queue is at its limit (unless force)."""
-        with self._cond:
-            if not force:
-                self.check_room()  # the condition's lock is reentrant
-            self._queue.append(_Queued(job_id, spec))
+            self._queue.append(_Queued(spec))
             self._cond.notify_all()
 
-    def cancel(self, job_id: str) -> str | None:
-        """Stop a job: "queued" if it was taken off the queue, "running" if told to stop."""
+    def cancel(self, job_id: str) -> CancelResult:
         with self._cond:
             for i, item in enumerate(self._queue):
                 if item.job_id == job_id:
@@ -169,8 +180,18 @@ class WorkerPool:
         with self._cond:
             return len(self._queue)
 
+    def queued_specs(self) -> list[JobSpec]:
+        """The queue, first to run first."""
+        with self._cond:
+            return [item.spec for item in self._queue]
+
+    def next_message(self, timeout: float) -> Message | None:
+        try:
+            return self._messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     def stop(self, timeout: float = 5.0) -> list[str]:
-        """Stop taking jobs, stop running ones at their next step; return the ones interrupted."""
         with self._cond:
             self._stopping = True
             interrupted = list(self._running)
@@ -183,6 +204,10 @@ class WorkerPool:
         return interrupted
 
     # -- worker threads ---------------------------------------------------------------------
+    def _emit(self, message: Message) -> None:
+        # blocks while the consumer is behind: that is the back-pressure on training
+        self._messages.put(message)
+
     def _take(self, device: str) -> _Queued | None:
         with self._cond:
             while not self._stopping:
@@ -197,82 +222,83 @@ class WorkerPool:
 
     def _wait_for_memory(
         self, item: _Queued, device: str, child: ChildWorker | None
-    ) -> Outcome | None:
-        """Wait until the device has room for the job; an Outcome if it must not run."""
+    ) -> Finished | None:
+        """Wait until the device has room for the job; a Finished if it must not run."""
         need = estimate_job_bytes(item.spec.variant, item.spec.hyperparameters)
         while not item.cancel.is_set():
             seen = child.memory() if child is not None else None
             free, total = seen or torch.cuda.mem_get_info(torch.device(device))
             if need > total:
-                return Outcome(
-                    "failed",
+                return Finished(
+                    item.job_id,
+                    RunOutcome.failed,
                     0,
-                    "out_of_memory",
+                    ErrorCode.out_of_memory,
                     f"the job needs about {need:,} bytes; {device} has {total:,} in all",
                 )
             if free >= need:
                 return None
             time.sleep(0.1)
-        return Outcome("interrupted" if self._stopping else "cancelled", 0)
+        return Finished(
+            item.job_id, RunOutcome.interrupted if self._stopping else RunOutcome.cancelled, 0
+        )
 
     def _work(self, device: str) -> None:
         if device == "cpu":
             torch.set_num_threads(self.cpu_threads)
         elif not self.processes:  # a child process sets its own device
             torch.cuda.set_device(torch.device(device))
-        run: Callable[..., Outcome] = run_job
         child = None
         if self.processes:
             child = ChildWorker(device, self.cpu_threads)
-            run = child.run
             try:
                 child.ready()  # import torch in the child now, not when the first job comes
             except Exception:  # the first job tries again, and fails alone if it must
                 log.exception("starting the worker process for %s failed", device)
-            if child.facts is not None:
-                with self._cond:
-                    self._facts[device] = child.facts
         with self._cond:
+            if child is not None:
+                self._children.append(child)
             self._workers_up += 1
             self._cond.notify_all()
         try:
-            self._serve(device, run, child)
+            self._serve(device, child)
         finally:
             if child is not None:
                 child.close()
 
-    def _serve(self, device: str, run: Callable[..., Outcome], child: ChildWorker | None) -> None:
+    def _serve(self, device: str, child: ChildWorker | None) -> None:
+        run: Callable[..., Finished] = child.run if child is not None else run_job
         while True:
             item = self._take(device)
             if item is None:
                 return
-            began = time.monotonic()
             spec = replace(item.spec, device=device)
+            job_id = spec.job_id
+
+            def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
+                self._emit(LossBatch(job_id, first_step, values))
+
             try:
                 refused = self._wait_for_memory(item, device, child) if device != "cpu" else None
                 if refused is not None:
-                    outcome = refused
+                    finished = refused
                 else:
-                    self._on_start(item.job_id, device)
-                    outcome = run(
-                        spec,
-                        self._sink_for(item.job_id),
-                        item.cancel,
-                        self._timeout_s,
-                        self._flush_seconds,
-                    )
+                    facts = child.facts if child is not None and child.facts else None
+                    # asked here when there is no child: torch's thread count is per thread
+                    self._emit(Started(job_id, device, facts or device_facts(device)))
+                    finished = run(spec, sink, item.cancel, self._timeout_s, self._flush_seconds)
             except Exception as exc:  # the worker outlives any one job
-                log.exception("job %s failed outside its run", item.job_id)
-                outcome = Outcome("failed", 0, "internal", f"{type(exc).__name__}: {exc}"[:500])
+                log.exception("job %s failed outside its run", job_id)
+                finished = Finished(
+                    job_id,
+                    RunOutcome.failed,
+                    0,
+                    ErrorCode.internal,
+                    f"{type(exc).__name__}: {exc}"[:500],
+                )
             with self._cond:
-                if self._stopping and outcome.status == "cancelled":
-                    outcome = replace(outcome, status="interrupted")
-                self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - began)
-            try:
-                # the job counts as running until its end is recorded, so that a cancel arriving
-                # meanwhile cannot overwrite a success
-                self._on_finish(item.job_id, outcome)
-            except Exception:
-                log.exception("recording the end of job %s failed", item.job_id)
+                if self._stopping and finished.status == RunOutcome.cancelled:
+                    finished = replace(finished, status=RunOutcome.interrupted)
+            self._emit(finished)
             with self._cond:
-                del self._running[item.job_id]
+                del self._running[job_id]

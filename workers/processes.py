@@ -13,13 +13,40 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import threading
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome
 from workers.recorder import LossSink
-from workers.runner import JobSpec, Outcome
 
 _CONTEXT = mp.get_context("spawn")  # never fork a process that has torch threads running
+
+
+# The pipe's messages. To the child: _Run, _AskMemory, or None (exit). From it: _Ready once,
+# then LossBatch ... Finished for a _Run, _Memory for an _AskMemory.
+@dataclass(frozen=True)
+class _Run:
+    spec: JobSpec
+    timeout_s: float | None
+    flush_seconds: float
+
+
+@dataclass(frozen=True)
+class _AskMemory:
+    pass
+
+
+@dataclass(frozen=True)
+class _Ready:
+    pid: int
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Memory:
+    free: int | None
+    total: int | None
 
 
 class SharedFlag:
@@ -62,27 +89,29 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
     else:
         torch.cuda.set_device(torch.device(device))
     _warm_up(device)
-    conn.send(("ready", os.getpid(), device_facts(device)))
+    conn.send(_Ready(os.getpid(), device_facts(device)))
     while True:
         message = conn.recv()
         if message is None:
             return
-        if message == "memory":
-            conn.send(("memory", *_device_memory(device)))
+        if isinstance(message, _AskMemory):
+            conn.send(_Memory(*_device_memory(device)))
             continue
-        spec, timeout_s, flush_seconds = message
+        job_id = message.spec.job_id
 
-        def sink(first_step: int, values: list[float]) -> None:
-            conn.send(("losses", first_step, values))
+        def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
+            conn.send(LossBatch(job_id, first_step, values))
 
-        outcome = run_job(spec, sink, cancel, timeout_s, flush_seconds)
-        conn.send(("done", outcome))
+        conn.send(run_job(message.spec, sink, cancel, message.timeout_s, message.flush_seconds))
 
 
 def device_facts(device: str) -> dict[str, Any]:
-    """What a job's `environment` says of the process that trains it: the device's name, the
-    CUDA version and torch's thread count. Asked of a worker's child, so that the server's own
-    process never initialises CUDA to name a GPU."""
+    """What a job's `environment` says of the process that trains it: versions, the device's
+    name, the CUDA version and torch's thread count. Asked of a worker's child, so that the
+    server's own process never initialises CUDA to name a GPU."""
+    import platform
+
+    import numpy as np
     import torch
 
     if device.startswith("cuda"):
@@ -90,7 +119,17 @@ def device_facts(device: str) -> dict[str, Any]:
         cuda = torch.version.cuda
     else:
         name, cuda = cpu_name(), None
-    return {"device_name": name, "cuda": cuda, "threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": device,
+        "device_name": name,
+        "cuda": cuda,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "node": None,
+    }
 
 
 def cpu_name() -> str:
@@ -121,7 +160,7 @@ def _device_memory(device: str) -> tuple[int, int] | tuple[None, None]:
 def _warm_up(device: str) -> None:
     """Run every variant once on a tiny problem: first uses (Adam's above all) import and set up
     lazily, and that cost belongs to the process's start, not to the first user's job."""
-    from workers.runner import JobSpec, run_job
+    from workers.runner import run_job
     from workers.variants import VARIANTS
 
     for name, variant in VARIANTS.items():
@@ -169,9 +208,9 @@ class ChildWorker:
             self.close()
             self.start()
             assert self._conn is not None
-            kind, _pid, facts = self._conn.recv()  # wait until torch is imported and set up
-            assert kind == "ready"
-            self.facts = facts
+            ready = self._conn.recv()  # wait until torch is imported and set up
+            assert isinstance(ready, _Ready), ready
+            self.facts = ready.facts
         return self._conn
 
     def memory(self) -> tuple[int, int] | None:
@@ -179,12 +218,14 @@ class ChildWorker:
         then needs no CUDA context (hundreds of MB on each device) to check that a job fits."""
         try:
             conn = self._ensure()
-            conn.send("memory")
-            kind, free, total = conn.recv()
+            conn.send(_AskMemory())
+            answer = conn.recv()
         except (EOFError, OSError):  # the child died: the next job starts a fresh one
             self.close()
             return None
-        return None if kind != "memory" or free is None else (free, total)
+        if not isinstance(answer, _Memory) or answer.free is None or answer.total is None:
+            return None
+        return answer.free, answer.total
 
     def run(
         self,
@@ -193,11 +234,11 @@ class ChildWorker:
         cancel: threading.Event,
         timeout_s: float | None,
         flush_seconds: float,
-    ) -> Outcome:
+    ) -> Finished:
         """Run one job in the child; the same contract as run_job."""
         conn = self._ensure()
         self._cancel.clear()
-        conn.send((spec, timeout_s, flush_seconds))
+        conn.send(_Run(spec, timeout_s, flush_seconds))
         delivered = 0
         try:
             while True:
@@ -207,19 +248,51 @@ class ChildWorker:
                 if not conn.poll(0.05):
                     continue
                 message = conn.recv()
-                if message[0] == "losses":
-                    _, first_step, values = message
-                    delivered = first_step + len(values)
-                    sink(first_step, values)
+                if isinstance(message, LossBatch):
+                    delivered = message.end_step
+                    sink(message.first_step, message.values)
                 else:
-                    outcome: Outcome = message[1]
-                    return outcome
+                    assert isinstance(message, Finished), message
+                    return message
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            self.close()
-            return Outcome(
-                "failed", delivered, "internal", f"the worker process died (exit code {code})"
+            return Finished(
+                spec.job_id,
+                RunOutcome.failed,
+                delivered,
+                ErrorCode.internal,
+                f"the worker process died ({self._reap()})",
             )
+
+    def _reap(self) -> str:
+        """Wait for a child whose pipe broke, close it, and say how it ended."""
+        process = self._process
+        if process is not None:
+            process.join(timeout=2)  # the exit status is known only once it is reaped
+        code = process.exitcode if process is not None else None
+        self.close()
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                import signal
+
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    @property
+    def alive(self) -> bool:
+        """The child runs and is not stopped (a SIGSTOPped child would hold its job forever)."""
+        process = self._process
+        if process is None or not process.is_alive():
+            return False
+        try:
+            with open(f"/proc/{process.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True  # no /proc here: alive is all we can tell
+        return state not in ("T", "t", "Z", "X")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -10,13 +10,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from workers.hyperparameters import Hyperparameters
+from trainwire.jobs import ErrorCode, Finished, JobSpec, RunOutcome
 from workers.problem import TORCH_DTYPES, Problem
 from workers.recorder import Diverged, LossRecorder, LossSink
 from workers.variants import VARIANTS
@@ -34,26 +33,6 @@ class Cancelled(Exception):
 
 class TimedOut(Exception):
     """The job ran past its wall-clock limit; raised between steps."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything a run is a pure function of (with the device kind)."""
-
-    variant: str
-    hyperparameters: Hyperparameters
-    seed: int
-    device: str = "cpu"  # "cpu" or "cuda:N"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a run ended: status is succeeded, failed or cancelled."""
-
-    status: str
-    steps_done: int
-    error_code: str | None = None
-    error_message: str | None = None
 
 
 class Run:
@@ -112,7 +91,7 @@ def run_job(
     cancel: CancelFlag | None = None,
     timeout_s: float | None = None,
     flush_seconds: float = 0.005,
-) -> Outcome:
+) -> Finished:
     """Run one job to its end and say how it ended; losses go to `sink` as they are made."""
     device = torch.device(spec.device)
     recorder = LossRecorder(sink, spec.hyperparameters.steps, device, flush_seconds)
@@ -134,29 +113,41 @@ def run_job(
             finally:
                 recorder.flush()
     except Diverged as exc:
-        return Outcome(
-            "failed",
+        return Finished(
+            spec.job_id,
+            RunOutcome.failed,
             recorder.delivered,
-            "diverged",
+            ErrorCode.diverged,
             f"the loss became {exc.loss} at step {exc.step}; try a smaller learning_rate",
         )
     except Cancelled:
-        return Outcome("cancelled", recorder.delivered)
+        return Finished(spec.job_id, RunOutcome.cancelled, recorder.delivered)
     except TimedOut:
-        return Outcome(
-            "failed",
+        return Finished(
+            spec.job_id,
+            RunOutcome.failed,
             recorder.delivered,
-            "timeout",
+            ErrorCode.timeout,
             f"the job ran past its time limit of {timeout_s:g} s",
         )
     except Exception as exc:  # a fault in one job must not take its worker down
         if not _is_out_of_memory(exc):
-            return Outcome(
-                "failed", recorder.delivered, "internal", f"{type(exc).__name__}: {exc}"[:500]
+            return Finished(
+                spec.job_id,
+                RunOutcome.failed,
+                recorder.delivered,
+                ErrorCode.internal,
+                f"{type(exc).__name__}: {exc}"[:500],
             )
-        oom = Outcome("failed", recorder.delivered, "out_of_memory", str(exc)[:500])
+        oom = Finished(
+            spec.job_id,
+            RunOutcome.failed,
+            recorder.delivered,
+            ErrorCode.out_of_memory,
+            str(exc)[:500],
+        )
     else:
-        return Outcome("succeeded", recorder.delivered)
+        return Finished(spec.job_id, RunOutcome.succeeded, recorder.delivered)
     # out of memory: the exception (and the traceback holding the run's tensors) is gone now,
     # so the caching allocator can hand the memory back for the next job
     del run, recorder

@@ -11,8 +11,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.losses import LossReader
 from app.service import JobService
 from app.settings import Settings
+from app.stream import EventStreams
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -28,6 +30,16 @@ async def get_settings(request: Request) -> Settings:
 async def get_service(request: Request) -> JobService:
     service: JobService = request.app.state.service
     return service
+
+
+async def get_streams(request: Request) -> EventStreams:
+    streams: EventStreams = request.app.state.streams
+    return streams
+
+
+async def get_losses(request: Request) -> LossReader:
+    losses: LossReader = request.app.state.losses
+    return losses
 
 
 async def require_token(
@@ -57,3 +69,5 @@ async def require_token(
 
 
 Service = Annotated[JobService, Depends(get_service)]
+Streams = Annotated[EventStreams, Depends(get_streams)]
+LossesOf = Annotated[LossReader, Depends(get_losses)]

@@ -19,14 +19,23 @@ async def healthz() -> dict[str, str]:
     responses={
         503: {
             "description": "Starting up (the workers' processes load torch and warm up for a "
-            "few seconds) or shutting down. Jobs submitted meanwhile are queued."
+            "few seconds), shutting down, a worker that cannot take jobs (its process is gone "
+            "or stopped), or a job store that cannot write (a full disk: training pauses "
+            "until it can). Jobs submitted while starting are queued."
         }
     },
 )
 async def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
-    if service is None or not service.ready or not service.pool.ready:
+    if service is None or not service.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
-    return JSONResponse(
-        {"status": "ready", "devices": service.pool.devices, "queued": service.pool.queued()}
-    )
+    if not service.store.writable:
+        return JSONResponse(
+            {"status": "unavailable", "reason": "the job store cannot write"}, status_code=503
+        )
+    if not service.backend.ready:
+        return JSONResponse(
+            {"status": "unavailable", "reason": "a worker cannot take jobs"}, status_code=503
+        )
+    backend = service.backend
+    return JSONResponse({"status": "ready", "devices": backend.devices, "queued": backend.queued()})

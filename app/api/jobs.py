@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import Service
+from app.api.deps import LossesOf, Service, Streams
 from app.errors import InvalidField
 from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
 
@@ -100,7 +100,7 @@ async def delete_job(job_id: str, service: Service) -> Response:
 )
 async def get_losses(
     job_id: str,
-    service: Service,
+    losses: LossesOf,
     request: Request,
     after: Annotated[int, Query(ge=-1, le=MAX_STEP, description="Only steps after this one.")] = -1,
     limit: Annotated[
@@ -131,17 +131,17 @@ async def get_losses(
         format is None and "text/csv" in request.headers.get("accept", "")
     )
     if wants_csv:
-        rows = await service.csv_rows(job_id, after, limit, max_points)
+        rows = await losses.csv_rows(job_id, after, limit, max_points)
         return StreamingResponse(
             rows,
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id}-losses.csv"'},
         )
     if max_points is not None:
-        steps, values = await service.losses_downsampled(job_id, max_points, after)
+        steps, values = await losses.losses_downsampled(job_id, max_points, after)
         body = Losses(job_id=job_id, steps=steps, losses=values, next_after=None)
     else:
-        steps, values, next_after = await service.losses(job_id, after, limit or 10_000)
+        steps, values, next_after = await losses.losses(job_id, after, limit or 10_000)
         body = Losses(job_id=job_id, steps=steps, losses=values, next_after=next_after)
     return Response(body.model_dump_json(), media_type="application/json")
 
@@ -161,7 +161,7 @@ async def get_losses(
 )
 async def job_events(
     job_id: str,
-    service: Service,
+    streams: Streams,
     after: Annotated[
         int | None,
         Query(ge=-1, le=MAX_STEP, description="Start the losses after this step."),
@@ -185,7 +185,7 @@ async def job_events(
             raise InvalidField(
                 ("header", "last-event-id"), "must be the id of a loss event (a step)"
             ) from None
-    stream = await service.events(job_id, start)
+    stream = await streams.events(job_id, start)
     return EventSourceResponse(
         stream,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

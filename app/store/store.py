@@ -1,20 +1,23 @@
 """Jobs and their losses in a SQL database.
 
 Every write goes through one writer thread (SQLite allows one writer at a time; a single writer
-never meets "database is locked"). The writer takes whatever operations have queued up and commits
+never meets "database is locked"). The writer takes whatever writes have queued up and commits
 them in one transaction, so losses arrive in batches and many submissions share a commit. After a
-commit it runs each operation's callback: that is where the service notifies subscribers, so a
+commit it runs each write's callback: that is where the service notifies subscribers, so a
 subscriber never hears of a step before it is stored.
+
+A write is never dropped. When a commit fails because the database cannot write now (a full
+disk, a PostgreSQL server that went away) the writer marks the store unwritable, says so once,
+and tries the same transaction again with a growing pause until it goes through; meanwhile loss
+writes wait for room (`MAX_PENDING_LOSS_WRITES`), which pauses the training that makes them.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import math
-import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,19 +25,39 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.store.lock import lock_store
+from app.store.rows import JobRow
 from app.store.tables import jobs, losses
+from trainwire.jobs import FINAL_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
-JobRow = dict[str, Any]
 Operation = Callable[[Connection], Any]
+AfterCommit = Callable[[Any], None]
 
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_FINAL = [s.value for s in FINAL_STATUSES]
+
+# loss writes queued before `append_losses` waits: about 80 s of 20 ms batches per running job
+MAX_PENDING_LOSS_WRITES = 4096
+# while the database cannot write: the longest pause between two tries of one transaction
+MAX_RETRY_PAUSE = 2.0
+# at close, how long a write that cannot go through is tried before it is given up
+CLOSE_GRACE_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -45,117 +68,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
-
-
-class DatabaseInUse(Exception):
-    """Another server holds this store."""
-
-
-def _in_use(holder: str, where: object) -> DatabaseInUse:
-    return DatabaseInUse(
-        f"another trainwire server ({holder}) uses {where}: stop it first, or give this one its "
-        "own TRAINWIRE_DATABASE_URL"
-    )
-
-
-class _FileLock:
-    """An exclusive lock beside a SQLite file, held for as long as the server runs.
-
-    A second server on the same file would take the first one's running jobs for crashed ones,
-    requeue them and run them again beside it. The kernel drops the lock when the process dies,
-    so a `kill -9` leaves nothing to clean up.
-    """
-
-    def __init__(self, database: Path):
-        database.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 (held open)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            lock.close()
-            raise _in_use(f"pid {holder}", database) from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._file = lock
-
-    def close(self) -> None:
-        self._file.close()  # closing the file releases the lock
-
-
-class _PostgresLock:
-    """The same for a PostgreSQL database: a session-level advisory lock on a connection of its
-    own, which the server dies holding no longer than its connection lives."""
-
-    KEY = 0x7472_6E77  # "trnw"; advisory locks are per database
-
-    def __init__(self, url: str):
-        self._engine = create_engine(
-            url,
-            poolclass=NullPool,
-            connect_args={"application_name": f"trainwire pid {os.getpid()}"},
-        )
-        self._conn = self._engine.connect()
-        try:
-            got = self._conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({self.KEY})").scalar()
-            if not got:
-                holder = self._conn.exec_driver_sql(
-                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
-                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                    f"AND l.objid = {self.KEY} AND l.database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                ).scalar()
-                name = str(holder or "")
-                raise _in_use(
-                    name.removeprefix("trainwire ") if name.startswith("trainwire pid ") else "?",
-                    make_url(url).render_as_string(hide_password=True),
-                )
-            self._conn.commit()  # the lock is the session's: it outlives this transaction
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        self._conn.close()
-        self._engine.dispose()
-
-
-def _lock_store(url: str) -> _FileLock | _PostgresLock | None:
-    """Take the store's one-server lock (SQLite file or PostgreSQL database); None elsewhere."""
-    database = _sqlite_file(url)
-    if database is not None:
-        return _FileLock(database)
-    if make_url(url).get_backend_name() == "postgresql":
-        return _PostgresLock(url)
-    return None
-
-
-def database_in_use(url: str) -> str | None:
-    """Why a server could not start on `url` now (another one holds the store), or None.
-
-    A look before starting, so that a busy store is reported in one line; the store takes the
-    lock itself when it opens, which settles a race between two starts."""
-    database = _sqlite_file(url)
-    if database is not None and not database.parent.is_dir():
-        return None  # nothing to hold yet, and nothing to create before the port is bound
-    try:
-        lock = _lock_store(url)
-    except DatabaseInUse as exc:
-        return str(exc)
-    except Exception:  # unreachable or misconfigured: the store says why when it opens
-        return None
-    if lock is not None:
-        lock.close()
-    return None
-
-
-def _sqlite_file(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database).resolve()
 
 
 def make_engine(url: str) -> Engine:
@@ -178,58 +90,70 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def cannot_write_now(exc: BaseException) -> bool:
+    """Whether a failed commit may go through later as it is: the database is full, or
+    unreachable, not the transaction wrong."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-class AppendLosses:
-    """Store the losses of steps first_step, first_step + 1, ... of one job."""
+class StoreUnwritable(Exception):
+    """The store cannot write now (full, or unreachable); it retries by itself."""
 
-    def __init__(self, job_pk: int, first_step: int, values: list[float]):
+    def __init__(self, since: float, reason: str):
+        self.since = since
+        self.reason = reason
+        super().__init__(f"the job store cannot write now ({reason}); retrying")
+
+
+class _AppendLosses:
+    """Store the losses of steps first_step, first_step + 1, ... of one job (None: not finite)."""
+
+    def __init__(self, job_pk: int, first_step: int, values: list[float | None]):
         self.job_pk, self.first_step, self.values = job_pk, first_step, values
 
     def __call__(self, conn: Connection) -> None:
-        AppendLosses.run_many(conn, [self])
+        _AppendLosses.run_many(conn, [self])
 
     @staticmethod
-    def run_many(conn: Connection, ops: list[AppendLosses]) -> None:
+    def run_many(conn: Connection, ops: list[_AppendLosses]) -> None:
         # driver-level executemany: the hot path of the store, without per-row SQL building
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        rows = [
-            (op.job_pk, op.first_step + i, _finite_or_none(v))
-            for op in ops
-            for i, v in enumerate(op.values)
-        ]
+        rows = [(op.job_pk, op.first_step + i, v) for op in ops for i, v in enumerate(op.values)]
         conn.exec_driver_sql(
             f"INSERT INTO losses (job_pk, step, loss) VALUES ({mark}, {mark}, {mark})", rows
         )
-        last: dict[int, AppendLosses] = {op.job_pk: op for op in ops}  # the latest per job
+        last: dict[int, _AppendLosses] = {op.job_pk: op for op in ops}  # the latest per job
         conn.exec_driver_sql(
             f"UPDATE jobs SET step = {mark}, last_loss = {mark} WHERE pk = {mark}",
-            [
-                (op.first_step + len(op.values), _finite_or_none(op.values[-1]), op.job_pk)
-                for op in last.values()
-            ],
+            [(op.first_step + len(op.values), op.values[-1], op.job_pk) for op in last.values()],
         )
+
+
+_Write = tuple[Operation, Future[Any], AfterCommit | None]
 
 
 class Store:
     def __init__(self, url: str):
-        self._lock = _lock_store(url)
+        self._lock = lock_store(url)
         try:
             self.engine = make_engine(url)
             migrate(self.engine)
         except BaseException:
             self._unlock()
             raise
-        self._ops: queue.Queue[tuple[Operation, Future[Any], Callable[[Any], None] | None] | None]
-        self._ops = queue.Queue()
+        self._writes: queue.Queue[_Write | None] = queue.Queue()
+        self._loss_room = threading.Semaphore(MAX_PENDING_LOSS_WRITES)
+        self._closing = False
+        self.unwritable: StoreUnwritable | None = None  # set while commits fail
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close connections."""
-        self._ops.put(None)
+        self._closing = True
+        self._writes.put(None)
         self._writer.join(timeout=30)
         self.engine.dispose()
         self._unlock()
@@ -239,25 +163,125 @@ class Store:
             self._lock.close()
             self._lock = None
 
-    # -- the writer -------------------------------------------------------------------------
-    def submit(
-        self, op: Operation, after_commit: Callable[[Any], None] | None = None
-    ) -> Future[Any]:
-        """Queue a write; the future resolves with op's result once it is committed."""
+    @property
+    def writable(self) -> bool:
+        return self.unwritable is None
+
+    def check_writable(self) -> None:
+        """Raise StoreUnwritable while commits fail (a request then gets 503, not a wait)."""
+        unwritable = self.unwritable
+        if unwritable is not None:
+            raise unwritable
+
+    # -- writes (any thread; the writer commits them in order) -----------------------------
+    def _submit(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
         future: Future[Any] = Future()
-        self._ops.put((op, future, after_commit))
+        self._writes.put((op, future, after))
         return future
 
+    def insert_job(self, values: dict[str, Any]) -> Future[JobRow]:
+        """Store a new job; resolves with its row."""
+
+        def op(conn: Connection) -> JobRow:
+            result = conn.execute(insert(jobs).values(**values))
+            pk = result.inserted_primary_key[0]  # type: ignore[index]
+            return JobRow.from_mapping({**values, "pk": pk})
+
+        return self._submit(op)
+
+    def update_job(
+        self,
+        job_pk: int,
+        *,
+        after: Callable[[JobRow | None], None] | None = None,
+        only_if_not_final: bool = True,
+        bump_attempts: bool = False,
+        **values: Any,
+    ) -> Future[JobRow | None]:
+        """Update a job; a job in a final state never changes again. Resolves with the row, or
+        None if the job is final (or gone)."""
+        if bump_attempts:
+            values["attempts"] = jobs.c.attempts + 1
+
+        def op(conn: Connection) -> JobRow | None:
+            stmt = update(jobs).where(jobs.c.pk == job_pk).values(**values)
+            if only_if_not_final:
+                stmt = stmt.where(jobs.c.status.not_in(_FINAL))
+            if conn.execute(stmt).rowcount == 0:
+                return None
+            return _job_by(conn, jobs.c.pk == job_pk)
+
+        return self._submit(op, after)
+
+    def append_losses(
+        self,
+        job_pk: int,
+        first_step: int,
+        values: list[float | None],
+        after: Callable[[None], None] | None = None,
+    ) -> Future[None]:
+        """Store losses of consecutive steps and move the job's `step` past them. Waits while
+        too many loss writes are pending (the store is slow, or cannot write)."""
+        self._loss_room.acquire()
+
+        def release(_: object) -> None:
+            self._loss_room.release()
+
+        future = self._submit(_AppendLosses(job_pk, first_step, values), after)
+        future.add_done_callback(release)
+        return future
+
+    def delete_job(self, job_pk: int) -> Future[bool]:
+        """Delete a final job and its losses; resolves with whether it was there to delete."""
+
+        def op(conn: Connection) -> bool:
+            conn.execute(delete(losses).where(losses.c.job_pk == job_pk))
+            deleted = conn.execute(
+                delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(_FINAL))
+            ).rowcount
+            return bool(deleted)
+
+        return self._submit(op)
+
+    def requeue_unfinished(self) -> list[JobRow]:
+        """At start-up: every queued or running job, back to `queued` with its `step` cut to the
+        losses stored without a gap from step 0 (anything after a gap is deleted: the rerun
+        recomputes it bit for bit). Oldest first."""
+
+        def op(conn: Connection) -> list[JobRow]:
+            pks = conn.execute(
+                select(jobs.c.pk).where(jobs.c.status.not_in(_FINAL)).order_by(jobs.c.pk)
+            ).scalars()
+            rows = []
+            for pk in list(pks):
+                stored = _contiguous_prefix(conn, pk)
+                conn.execute(delete(losses).where(losses.c.job_pk == pk, losses.c.step >= stored))
+                last = conn.execute(
+                    select(losses.c.loss).where(losses.c.job_pk == pk, losses.c.step == stored - 1)
+                ).scalar()
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.pk == pk)
+                    .values(status=JobStatus.queued.value, step=stored, last_loss=last)
+                )
+                row = _job_by(conn, jobs.c.pk == pk)
+                assert row is not None
+                rows.append(row)
+            return rows
+
+        return self._submit(op).result()
+
+    # -- the writer -------------------------------------------------------------------------
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._ops.get()
+            first = self._writes.get()
             if first is None:
                 break
             batch = [first]
             while len(batch) < 2000:
                 try:
-                    item = self._ops.get_nowait()
+                    item = self._writes.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -266,90 +290,85 @@ class Store:
                 batch.append(item)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Operation, Future[Any], Any]]) -> None:
-        try:
-            with self.engine.begin() as conn:
-                results: list[Any] = []
-                i = 0
-                while i < len(batch):
-                    op = batch[i][0]
-                    if isinstance(op, AppendLosses):
-                        # consecutive loss batches (of any jobs) go in as one statement
-                        j = i
-                        while j < len(batch) and isinstance(batch[j][0], AppendLosses):
-                            j += 1
-                        AppendLosses.run_many(conn, [b[0] for b in batch[i:j]])  # type: ignore[misc]
-                        results.extend([None] * (j - i))
-                        i = j
-                    else:
-                        results.append(op(conn))
-                        i += 1
-        except Exception:
-            if len(batch) > 1:
-                # isolate the failing operation: commit the others one by one
-                for item in batch:
-                    self._commit([item])
-                return
-            log.exception("store write failed")
-            batch[0][1].set_exception(RuntimeError("store write failed"))
-            return
-        for (_, future, after_commit), result in zip(batch, results, strict=True):
-            if after_commit is not None:
+    def _commit(self, batch: list[_Write]) -> None:
+        pause = 0.05
+        gave_up_at: float | None = None
+        while True:
+            try:
+                results = self._apply(batch)
+                break
+            except Exception as exc:
+                if not cannot_write_now(exc):
+                    self._isolate(batch, exc)
+                    return
+                self._mark_unwritable(exc)
+                if self._closing:
+                    gave_up_at = gave_up_at or time.monotonic() + CLOSE_GRACE_SECONDS
+                    if time.monotonic() > gave_up_at:
+                        log.error("job store: %d writes not committed at shutdown", len(batch))
+                        for _, future, _after in batch:
+                            future.set_exception(exc)
+                        return
+                time.sleep(pause)
+                pause = min(MAX_RETRY_PAUSE, pause * 2)
+        self._mark_writable()
+        for (_, future, after), result in zip(batch, results, strict=True):
+            if after is not None:
                 try:
-                    after_commit(result)
+                    after(result)
                 except Exception:
                     log.exception("after-commit callback failed")
             future.set_result(result)
 
-    # -- write operations (run on the writer thread) ------------------------------------------
-    @staticmethod
-    def op_insert_job(values: dict[str, Any]) -> Operation:
-        def op(conn: Connection) -> JobRow:
-            result = conn.execute(insert(jobs).values(**values))
-            pk = result.inserted_primary_key[0]  # type: ignore[index]
-            return {**values, "pk": pk}
+    def _apply(self, batch: list[_Write]) -> list[Any]:
+        """Run the batch's writes in one transaction; their results, in order."""
+        with self.engine.begin() as conn:
+            results: list[Any] = []
+            i = 0
+            while i < len(batch):
+                if isinstance(batch[i][0], _AppendLosses):
+                    # consecutive loss batches (of any jobs) go in as one statement
+                    j = i
+                    while j < len(batch) and isinstance(batch[j][0], _AppendLosses):
+                        j += 1
+                    _AppendLosses.run_many(conn, [b[0] for b in batch[i:j]])  # type: ignore[misc]
+                    results.extend([None] * (j - i))
+                    i = j
+                else:
+                    results.append(batch[i][0](conn))
+                    i += 1
+            return results
 
-        return op
+    def _isolate(self, batch: list[_Write], exc: Exception) -> None:
+        """A write that is wrong in itself (not the database's state): commit the others one by
+        one, and fail that one's future (its caller decides what it means)."""
+        if len(batch) > 1:
+            for item in batch:
+                self._commit([item])
+            return
+        log.error("job store: a write failed: %s", exc)
+        batch[0][1].set_exception(exc)
 
-    @staticmethod
-    def op_update_job(
-        job_pk: int, only_if_not_final: bool = True, bump_attempts: bool = False, **values: Any
-    ) -> Operation:
-        """Update a job; a job in a final state never changes again. Returns the row or None."""
-        if bump_attempts:
-            values["attempts"] = jobs.c.attempts + 1
+    def _mark_unwritable(self, exc: Exception) -> None:
+        if self.unwritable is None:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+            self.unwritable = StoreUnwritable(time.monotonic(), reason)
+            log.error(
+                "job store cannot write (%s): training of running jobs pauses until it can; "
+                "retrying",
+                reason,
+            )
 
-        def op(conn: Connection) -> JobRow | None:
-            stmt = update(jobs).where(jobs.c.pk == job_pk).values(**values)
-            if only_if_not_final:
-                stmt = stmt.where(jobs.c.status.not_in(FINAL_STATUSES))
-            if conn.execute(stmt).rowcount == 0:
-                return None
-            row = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).mappings().first()
-            return dict(row) if row else None
+    def _mark_writable(self) -> None:
+        if self.unwritable is not None:
+            since = self.unwritable.since
+            self.unwritable = None
+            log.warning("job store writes again after %.1f s", time.monotonic() - since)
 
-        return op
-
-    @staticmethod
-    def op_append_losses(job_pk: int, first_step: int, values: list[float]) -> Operation:
-        return AppendLosses(job_pk, first_step, values)
-
-    @staticmethod
-    def op_delete_job(job_pk: int) -> Operation:
-        def op(conn: Connection) -> bool:
-            conn.execute(delete(losses).where(losses.c.job_pk == job_pk))
-            deleted = conn.execute(
-                delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(FINAL_STATUSES))
-            ).rowcount
-            return bool(deleted)
-
-        return op
-
-    # -- reads (any thread) ---------------------------------------------------------------------
+    # -- reads (any thread) -----------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
-            return dict(row) if row else None
+            return _job_by(conn, jobs.c.id == job_id)
 
     def list_jobs(
         self,
@@ -367,21 +386,7 @@ class Store:
         if variants:
             stmt = stmt.where(jobs.c.variant.in_(variants))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
-
-    def unfinished_jobs(self) -> list[JobRow]:
-        """Queued and running jobs, oldest first."""
-        stmt = select(jobs).where(jobs.c.status.not_in(FINAL_STATUSES)).order_by(jobs.c.pk)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
-
-    def count_jobs(self, status: str) -> int:
-        from sqlalchemy import func
-
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(select(func.count()).where(jobs.c.status == status)).scalar_one()
-            )
+            return [JobRow.from_mapping(r) for r in conn.execute(stmt).mappings()]
 
     def read_losses(
         self, job_pk: int, after: int, limit: int
@@ -395,7 +400,7 @@ class Store:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        return [r[0] for r in rows], [_finite_or_none(r[1]) for r in rows]
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     def iter_losses(
         self, job_pk: int, after: int = -1, chunk: int = 20000, limit: int | None = None
@@ -414,3 +419,27 @@ class Store:
             if left is not None:
                 left -= len(steps)
             after = steps[-1]
+
+
+def _job_by(conn: Connection, where: Any) -> JobRow | None:
+    row = conn.execute(select(jobs).where(where)).mappings().first()
+    return JobRow.from_mapping(row) if row else None
+
+
+def _contiguous_prefix(conn: Connection, job_pk: int) -> int:
+    """How many steps, from 0, are stored without a gap."""
+    count, highest = conn.execute(
+        select(func.count(), func.max(losses.c.step)).where(losses.c.job_pk == job_pk)
+    ).one()
+    if not count or highest == count - 1:
+        return int(count or 0)
+    # a gap: the first step whose row is missing (steps are the primary key, so no duplicates)
+    steps = conn.execute(
+        select(losses.c.step).where(losses.c.job_pk == job_pk).order_by(losses.c.step)
+    ).scalars()
+    expected = 0
+    for step in steps:
+        if step != expected:
+            break
+        expected += 1
+    return expected

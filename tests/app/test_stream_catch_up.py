@@ -15,11 +15,13 @@ from typing import Any
 
 from jobclient import strict_json
 
+from app.backends import make_backend
 from app.hub import EventHub
 from app.schemas import JobCreate
-from app.service import JobService, job_from_row
+from app.service import JobService
 from app.settings import Settings
 from app.store import Store
+from app.stream import EventStreams
 
 # far less than the 15 s between keep-alive comments: a stream that waits for one is stuck
 PROMPT = 5.0
@@ -44,19 +46,21 @@ class Harness:
     """One queued job of a JobService whose workers never start: the test plays the worker."""
 
     def __init__(self, service: JobService, job_id: str, pk: int):
-        self.service, self.store, self.hub = service, service.store, service.hub
+        self.store, self.hub = service.store, service.hub
+        self.streams = EventStreams(self.store, self.hub)
         self.job_id, self.pk = job_id, pk
 
-    def losses(self, first_step: int, values: list[float]) -> None:
-        self.store.submit(self.store.op_append_losses(self.pk, first_step, values)).result()
+    def losses(self, first_step: int, values: list[float | None]) -> None:
+        self.store.append_losses(self.pk, first_step, values).result()
         self.hub.publish_losses(self.job_id, first_step, values)
 
     def finish(self) -> None:
-        row = self.store.submit(self.store.op_update_job(self.pk, status="succeeded")).result()
-        self.hub.publish_status(self.job_id, job_from_row(row).model_dump_json(), final=True)
+        row = self.store.update_job(self.pk, status="succeeded").result()
+        assert row is not None
+        self.hub.publish_status(self.job_id, row.to_job().model_dump_json(), final=True)
 
     async def stream(self) -> AsyncIterator[bytes]:
-        return await self.service.events(self.job_id, -1)
+        return await self.streams.events(self.job_id, -1)
 
 
 def run_with_harness(tmp_path: Path, test: Callable[[Harness], Awaitable[None]]) -> None:
@@ -64,11 +68,12 @@ def run_with_harness(tmp_path: Path, test: Callable[[Harness], Awaitable[None]])
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", cpu_workers=1)
         store = Store(settings.database_url)
         try:
-            service = JobService(settings, store, EventHub())
+            # a backend that is never started: the test plays the worker
+            service = JobService(settings, store, EventHub(), make_backend(settings))
             job = await service.submit(JobCreate(variant="numpy", hyperparameters={"steps": 5000}))
             row = store.get_job(job.id)
             assert row is not None
-            await test(Harness(service, job.id, row["pk"]))
+            await test(Harness(service, job.id, row.pk))
         finally:
             store.close()
 

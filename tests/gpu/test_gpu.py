@@ -7,15 +7,17 @@ Needs torch, numpy and pydantic only (no service), so it runs on a bare GPU host
 
 from __future__ import annotations
 
-import threading
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
 
+from trainwire.jobs import Finished, JobSpec
+from workers.backend import wait_finished
 from workers.hyperparameters import Limits, parse_hyperparameters
-from workers.pool import WorkerPool
-from workers.runner import JobSpec, Outcome, run_job
+from workers.pool import LocalBackend
+from workers.runner import run_job
 from workers.variants import VARIANTS
 
 pytestmark = [
@@ -34,7 +36,7 @@ def spec(variant: str, seed: int = 0, device: str = "cuda:0", **hp: object) -> J
     )
 
 
-def losses_of(job: JobSpec) -> tuple[Outcome, list[float]]:
+def losses_of(job: JobSpec) -> tuple[Finished, list[float]]:
     got: list[float] = []
     outcome = run_job(job, lambda first, values: got.extend(values))
     return outcome, got
@@ -85,54 +87,32 @@ def test_out_of_memory_fails_only_that_job_and_frees_the_device() -> None:
 
 
 def test_pool_runs_concurrent_jobs_on_one_gpu() -> None:
-    finished: dict[str, Outcome] = {}
-    done = threading.Semaphore(0)
-    started: dict[str, str] = {}
-
-    def on_finish(job_id: str, outcome: Outcome) -> None:
-        finished[job_id] = outcome
-        done.release()
-
-    pool = WorkerPool(
-        cpu_workers=0,
-        jobs_per_gpu=4,
-        cpu_threads=1,
-        max_queued=100,
-        on_start=lambda job_id, device: started.__setitem__(job_id, device),
-        sink_for=lambda _: lambda *_: None,
-        on_finish=on_finish,
-        gpus=["cuda:0"],
-    )
+    pool = LocalBackend(cpu_workers=0, jobs_per_gpu=4, cpu_threads=1, gpus=["cuda:0"])
     pool.start()
     for i in range(8):
-        pool.submit(f"job{i}", spec(TORCH_VARIANTS[i % len(TORCH_VARIANTS)], i, device="cuda"))
-    for _ in range(8):
-        assert done.acquire(timeout=120)
+        variant = TORCH_VARIANTS[i % len(TORCH_VARIANTS)]
+        pool.submit(replace(spec(variant, i, device="cuda"), job_id=f"job{i}"))
+    finished, started = wait_finished(pool, 8, timeout=120)
     pool.stop()
-    assert all(o.status == "succeeded" for o in finished.values())
-    assert set(started.values()) == {"cuda:0"}
+    assert all(o.status == "succeeded" for o in finished)
+    assert {s.device for s in started.values()} == {"cuda:0"}
 
 
 _POOL_IN_A_PROCESS = """
-import threading, torch
+import torch
+from workers.backend import wait_finished
 from workers.hyperparameters import Limits, parse_hyperparameters
-from workers.pool import WorkerPool
-from workers.runner import JobSpec
+from workers.pool import LocalBackend
+from trainwire.jobs import JobSpec
 from workers.variants import VARIANTS
 
-done, outcomes = threading.Semaphore(0), []
-pool = WorkerPool(
-    cpu_workers=0, jobs_per_gpu=1, cpu_threads=1, max_queued=10,
-    on_start=lambda job_id, device: None, sink_for=lambda _: lambda *_: None,
-    on_finish=lambda job_id, outcome: (outcomes.append(outcome), done.release()),
-    gpus=["cuda:0"], processes=True,
-)
+pool = LocalBackend(cpu_workers=0, jobs_per_gpu=1, cpu_threads=1, gpus=["cuda:0"], processes=True)
 pool.start()
 hp = parse_hyperparameters(VARIANTS["optim"].hyperparameters, {}, "optim", Limits())
-pool.submit("job", JobSpec("optim", hp, 0, "cuda"))
-assert done.acquire(timeout=120)
+pool.submit(JobSpec("optim", hp, 0, "cuda", job_id="job"))
+finished, _ = wait_finished(pool, 1, timeout=120)
 pool.stop()
-print(outcomes[0].status, torch.cuda.is_initialized())
+print(finished[0].status, torch.cuda.is_initialized())
 """
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from trainwire.jobs import Finished, JobSpec
 from workers.hyperparameters import Limits, parse_hyperparameters
-from workers.runner import JobSpec, Outcome, run_job
+from workers.runner import run_job
 from workers.variants import VARIANTS
 
 # What the tests may ask for: a million steps, and tensors of any size (the out-of-memory tests)
@@ -53,7 +54,7 @@ class Collected:
 
 @dataclass
 class Trained:
-    outcome: Outcome
+    outcome: Finished
     losses: list[float]
     batches: list[tuple[int, int]]
 

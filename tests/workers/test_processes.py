@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from backendkit import Messages, submit
 from threadpoolctl import threadpool_limits
 
-from workers.pool import WorkerPool
+from trainwire.jobs import Finished, JobSpec
+from workers.pool import LocalBackend
 from workers.processes import ChildWorker
-from workers.runner import JobSpec, Outcome
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def child() -> Iterator[ChildWorker]:
     worker.close()
 
 
-def _run_in(child: ChildWorker, spec: JobSpec) -> tuple[Outcome, list[float]]:
+def _run_in(child: ChildWorker, spec: JobSpec) -> tuple[Finished, list[float]]:
     losses: list[float] = []
 
     def sink(first_step: int, values: list[float]) -> None:
@@ -77,63 +78,57 @@ def test_after_the_child_dies_the_next_call_starts_a_fresh_one(
 def test_the_pool_is_ready_once_its_worker_processes_are_up(
     spec: Callable[..., JobSpec],
 ) -> None:
-    finished: list[Outcome] = []
-    done = threading.Semaphore(0)
-    pool = WorkerPool(
-        cpu_workers=2,
-        jobs_per_gpu=0,
-        cpu_threads=1,
-        max_queued=10,
-        on_start=lambda job_id, device: None,
-        sink_for=lambda _: lambda *_: None,
-        on_finish=lambda job_id, outcome: (finished.append(outcome), done.release()),
-        gpus=[],
-        processes=True,
-    )
+    pool = LocalBackend(cpu_workers=2, jobs_per_gpu=0, cpu_threads=1, gpus=[], processes=True)
+    messages = Messages(pool)
     assert not pool.ready
     pool.start()
     try:
         # a fresh interpreter that imports torch and warms every variant up takes seconds
         assert not pool.ready
-        pool.submit("early", spec("numpy", steps=5))  # taken as soon as a worker is up
+        submit(pool, "early", spec("numpy", steps=5))  # taken as soon as a worker is up
         assert pool.wait_ready(120)
         assert pool.ready
-        assert done.acquire(timeout=60)
-        assert [o.status for o in finished] == ["succeeded"]
+        assert messages.wait_done("early").status == "succeeded"
     finally:
+        messages.close()
         pool.stop()
 
 
 def test_a_job_names_what_its_worker_process_runs_with(spec: Callable[..., JobSpec]) -> None:
     # environment.threads and device_name come from the child that trains, not from the server
     # (whose own thread count differs, and which must not touch CUDA to name a GPU)
-    seen: dict[str, Any] = {}
-    done = threading.Semaphore(0)
-    pool: WorkerPool | None = None
-
-    def on_start(job_id: str, device: str) -> None:
-        assert pool is not None
-        seen.update(pool.facts(device))
-
-    pool = WorkerPool(
-        cpu_workers=1,
-        jobs_per_gpu=0,
-        cpu_threads=3,
-        max_queued=10,
-        on_start=on_start,
-        sink_for=lambda _: lambda *_: None,
-        on_finish=lambda job_id, outcome: done.release(),
-        gpus=[],
-        processes=True,
-    )
+    pool = LocalBackend(cpu_workers=1, jobs_per_gpu=0, cpu_threads=3, gpus=[], processes=True)
+    messages = Messages(pool)
     with threadpool_limits(limits=None, user_api="blas"):  # puts this process's BLAS cap back
         pool.start()
     try:
         assert pool.wait_ready(120)
-        pool.submit("job", spec("tensors", steps=5))
-        assert done.acquire(timeout=60)
+        submit(pool, "job", spec("tensors", steps=5))
+        assert messages.wait_done("job").status == "succeeded"
     finally:
+        messages.close()
         pool.stop()
+    seen = messages.environment["job"]
     assert seen["threads"] == 3
     assert seen["cuda"] is None
     assert isinstance(seen["device_name"], str) and seen["device_name"]
+    assert seen["torch"] == torch.__version__ and seen["device"] == "cpu"
+
+
+def test_a_child_that_is_killed_is_reported_by_its_signal(
+    child: ChildWorker, spec: Callable[..., JobSpec]
+) -> None:
+    losses: list[float] = []
+    cancel = threading.Event()
+
+    def sink(first_step: int, values: list[float]) -> None:
+        if not losses:
+            os.kill(child._process.pid, signal.SIGKILL)
+        losses.extend(values)
+
+    finished = child.run(spec("numpy", steps=1_000_000), sink, cancel, None, 0.005)
+    assert (finished.status, finished.error_code) == ("failed", "internal")
+    assert finished.error_message == "the worker process died (killed by SIGKILL)"
+    assert child.run(spec("numpy", steps=3), lambda *_: None, cancel, None, 0.005).status == (
+        "succeeded"
+    )

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from workers.runner import JobSpec, run_job
+from trainwire.jobs import JobSpec
+from workers.runner import run_job
 from workers.variants import VARIANTS
 
 SHORT = {"steps": 20}

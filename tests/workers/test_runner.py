@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from workers.runner import JobSpec, Run, run_job
+from trainwire.jobs import JobSpec
+from workers.runner import Run, run_job
 from workers.variants import VARIANTS, Variant
 
 TINY = {"batch_size": 4, "d_in": 8, "hidden": 4, "d_out": 2}

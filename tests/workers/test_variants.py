@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from trainwire.jobs import JobSpec
 from workers.problem import Problem
 from workers.recorder import LossRecorder
-from workers.runner import JobSpec, Run
+from workers.runner import Run
 from workers.variants import VARIANTS
 from workers.variants.custom_function import MyReLU
 

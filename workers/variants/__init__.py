@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from trainwire.hyperparameters import HYPERPARAMETERS
+from trainwire.jobs import VARIANT_NAMES
 from workers.hyperparameters import (
     DynamicHyperparameters,
     Float64Hyperparameters,
@@ -109,3 +111,7 @@ VARIANTS: dict[str, Variant] = {
         ),
     ]
 }
+
+# the catalogue and the torch-free names agree (trainwire.jobs and trainwire.hyperparameters)
+assert tuple(VARIANTS) == VARIANT_NAMES
+assert all(v.hyperparameters is HYPERPARAMETERS[v.name] for v in VARIANTS.values())

@@ -1,0 +1,108 @@
+"""The backend seam: what runs jobs, seen from the service.
+
+A backend takes `JobSpec`s and gives back a stream of typed `WorkerMessage`s (`Started`, then
+`LossBatch`es, then `Finished`; see `trainwire.jobs`). The service has one consumer of that
+stream, which stores and publishes what comes back; it never hands a backend a callback. The
+host's own pool of worker threads and child processes is the `local` backend
+(`workers.pool.LocalBackend`); a cluster's would be another class with the same methods.
+
+Contract:
+- `submit` queues a job (FIFO per device); the queue's limit is the service's business.
+- `cancel` takes a queued job off the queue ("queued": no message follows) or tells a running
+  one to stop before its next step ("running": its `Finished` follows); None if it holds no
+  such job (never submitted, or its `Finished` is already on the way).
+- `stop` interrupts running jobs (their `Finished` says `interrupted`) and leaves the queue.
+- Messages of one job arrive in order; `next_message` may block up to `timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from trainwire.jobs import Finished, JobSpec, Started, WorkerMessage
+
+CancelResult = Literal["queued", "running"] | None
+
+
+class DeviceUnavailable(Exception):
+    """The job asks for a device that no worker of this backend has; the message says why."""
+
+
+class Backend(ABC):
+    """One job executor behind the service (see the module's docstring)."""
+
+    name: str
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the workers (they report `ready` once they can take a job)."""
+
+    @abstractmethod
+    def stop(self, timeout: float) -> list[str]:
+        """Stop taking jobs and interrupt the running ones; return the ids interrupted."""
+
+    @abstractmethod
+    def submit(self, spec: JobSpec) -> None:
+        """Queue a job; `spec.device` is what `resolve_device` answered."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> CancelResult:
+        """Cancel a queued or running job."""
+
+    @abstractmethod
+    def next_message(self, timeout: float) -> WorkerMessage | None:
+        """The next message of any job, or None after `timeout` seconds without one."""
+
+    @abstractmethod
+    def resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:
+        """Where a job asking for `asked` (auto, cpu, cuda, cuda:N) of a variant that runs on
+        `supported` device kinds will run; raises DeviceUnavailable."""
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Every worker can take a job now."""
+
+    @abstractmethod
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until `ready`; False after `timeout` seconds."""
+
+    @abstractmethod
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+
+    @abstractmethod
+    def queued_specs(self) -> list[JobSpec]:
+        """The jobs waiting for a worker, first to run first."""
+
+    @property
+    @abstractmethod
+    def devices(self) -> list[str]:
+        """Devices that have at least one worker ("cpu", "cuda:0", ...)."""
+
+    @property
+    @abstractmethod
+    def slots(self) -> int:
+        """Jobs that can run at once."""
+
+
+def wait_finished(
+    backend: Backend, count: int, timeout: float | None = None
+) -> tuple[list[Finished], dict[str, Started]]:
+    """Read a backend's messages until `count` jobs have finished (for benchmarks and checks
+    that keep no store): their `Finished` in order, and each job's `Started`. Raises
+    TimeoutError after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: list[Finished] = []
+    started: dict[str, Started] = {}
+    while len(finished) < count:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(finished)} of {count} jobs finished within {timeout} s")
+        message = backend.next_message(0.1)
+        if isinstance(message, Finished):
+            finished.append(message)
+        elif isinstance(message, Started):
+            started[message.job_id] = message
+    return finished, started
