@@ -29,7 +29,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from trainwire.models import Job, JobList, Losses, VariantInfo
@@ -227,8 +228,8 @@ def _list_params(
     return params
 
 
-def _page_size(left: int | None) -> int:
-    return PAGE_SIZE if left is None else max(1, min(PAGE_SIZE, left))
+def _page_size(left: int | None, page_size: int) -> int:
+    return page_size if left is None else max(1, min(page_size, left))
 
 
 def _should_retry_get(exc: BaseException) -> bool:
@@ -239,7 +240,10 @@ def _should_retry_get(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.status_code in (502, 503, 504)
 
 
-def _should_reconnect(exc: BaseException) -> bool:
+def _should_reconnect(exc: BaseException, state: _StreamState) -> bool:
+    if isinstance(exc, ServerUnreachable) and not state.connected:
+        # never reached it: a wrong URL or a server that is down fails at once, as a GET does
+        return not isinstance(exc.__cause__, httpx.ConnectError)
     return isinstance(exc, ServerUnreachable | _StreamGap) or (
         isinstance(exc, APIError) and exc.status_code >= 500
     )
@@ -254,6 +258,7 @@ class _StreamState:
         self.status: str | None = None
         self.done = False
         self.progressed = False  # this connection gave out something new
+        self.connected = False  # the server has answered once
 
     def headers(self) -> dict[str, str]:
         return {"Last-Event-ID": str(self.next_step - 1)} if self.next_step > 0 else {}
@@ -320,15 +325,15 @@ class _Base:
         return dict(
             retry=retry_if_exception(_should_retry_get),
             stop=stop_after_attempt(3),
-            wait=wait_exponential_jitter(initial=0.1, max=1.0, jitter=0.1),
+            wait=wait_exponential(multiplier=0.1, max=1.0) + wait_random(0, 0.1),
             reraise=True,
         )
 
-    def _reconnects(self) -> dict[str, Any]:
+    def _reconnects(self, state: _StreamState) -> dict[str, Any]:
         return dict(
-            retry=retry_if_exception(_should_reconnect),
+            retry=retry_if_exception(lambda exc: _should_reconnect(exc, state)),
             stop=stop_after_delay(self.reconnect_timeout),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.2),
+            wait=wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.2),
             reraise=True,
         )
 
@@ -400,12 +405,14 @@ class Client(_Base):
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
     ) -> Iterator[Job]:
         """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
         left = limit
         cursor: str | None = None
         while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left))
+            params = _list_params(status, variant, _page_size(left, page_size))
             if cursor is not None:
                 params["cursor"] = cursor
             page = _parse(JobList, _body(self._get("/v1/jobs", params=params)))
@@ -425,13 +432,13 @@ class Client(_Base):
         self._send("DELETE", _job_path(job_id))
 
     def losses(
-        self, job_id: str, *, max_points: int | None = None
+        self, job_id: str, *, max_points: int | None = None, page_size: int = LOSS_PAGE_SIZE
     ) -> tuple[list[int], list[float | None]]:
         """(steps, losses) of every recorded step, in order; None where a loss was not finite.
         With max_points: at most that many real points spread over the run (for a chart)."""
         steps: list[int] = []
         values: list[float | None] = []
-        params: dict[str, Any] = {"after": -1, "limit": LOSS_PAGE_SIZE}
+        params: dict[str, Any] = {"after": -1, "limit": page_size}
         if max_points is not None:
             params = {"max_points": max_points}
         while True:
@@ -456,13 +463,13 @@ class Client(_Base):
         state = _StreamState(after)
         while not state.done:
             # a fresh backoff for each outage: a connection that gave something out succeeded
-            for attempt in Retrying(**self._reconnects()):
+            for attempt in Retrying(**self._reconnects(state)):
                 with attempt:
                     state.progressed = False
                     try:
                         yield from self._stream_once(path, state)
                     except (ServerUnreachable, _StreamGap, APIError) as exc:
-                        if not (state.progressed and _should_reconnect(exc)):
+                        if not (state.progressed and _should_reconnect(exc, state)):
                             raise
 
     def _stream_once(self, path: str, state: _StreamState) -> Generator[Event, None, None]:
@@ -470,6 +477,7 @@ class Client(_Base):
             with connect_sse(
                 self._http, "GET", path, headers=state.headers(), timeout=self._stream_timeout
             ) as source:
+                state.connected = True
                 if source.response.status_code >= 400:
                     source.response.read()
                 _check_stream(source.response)
@@ -557,12 +565,14 @@ class AsyncClient(_Base):
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
     ) -> AsyncIterator[Job]:
         """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
         left = limit
         cursor: str | None = None
         while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left))
+            params = _list_params(status, variant, _page_size(left, page_size))
             if cursor is not None:
                 params["cursor"] = cursor
             page = _parse(JobList, _body(await self._get("/v1/jobs", params=params)))
@@ -583,13 +593,13 @@ class AsyncClient(_Base):
         await self._send("DELETE", _job_path(job_id))
 
     async def losses(
-        self, job_id: str, *, max_points: int | None = None
+        self, job_id: str, *, max_points: int | None = None, page_size: int = LOSS_PAGE_SIZE
     ) -> tuple[list[int], list[float | None]]:
         """(steps, losses) of every recorded step, in order; None where a loss was not finite.
         With max_points: at most that many real points spread over the run (for a chart)."""
         steps: list[int] = []
         values: list[float | None] = []
-        params: dict[str, Any] = {"after": -1, "limit": LOSS_PAGE_SIZE}
+        params: dict[str, Any] = {"after": -1, "limit": page_size}
         if max_points is not None:
             params = {"max_points": max_points}
         while True:
@@ -612,7 +622,7 @@ class AsyncClient(_Base):
         path = _job_path(job_id) + "/events"
         state = _StreamState(after)
         while not state.done:
-            async for attempt in AsyncRetrying(**self._reconnects()):
+            async for attempt in AsyncRetrying(**self._reconnects(state)):
                 with attempt:
                     state.progressed = False
                     try:
@@ -620,7 +630,7 @@ class AsyncClient(_Base):
                             async for event in events:
                                 yield event
                     except (ServerUnreachable, _StreamGap, APIError) as exc:
-                        if not (state.progressed and _should_reconnect(exc)):
+                        if not (state.progressed and _should_reconnect(exc, state)):
                             raise
 
     async def _stream_once(self, path: str, state: _StreamState) -> AsyncGenerator[Event, None]:
@@ -628,6 +638,7 @@ class AsyncClient(_Base):
             async with aconnect_sse(
                 self._http, "GET", path, headers=state.headers(), timeout=self._stream_timeout
             ) as source:
+                state.connected = True
                 if source.response.status_code >= 400:
                     await source.response.aread()
                 _check_stream(source.response)
