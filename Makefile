@@ -35,8 +35,8 @@ postgres-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 lint: install
-	$(BIN)/ruff check app workers tests bench trainwire
-	$(BIN)/ruff format --check app workers tests bench trainwire
+	$(BIN)/ruff check app workers tests bench trainwire examples
+	$(BIN)/ruff format --check app workers tests bench trainwire examples
 
 typecheck: install
 	$(BIN)/mypy app workers trainwire
