@@ -162,8 +162,9 @@ def _parse_loss(data: str) -> Loss:
         body = strict_json(data)
     except ValueError as exc:
         raise ProtocolError(f"a loss event that is not JSON: {exc}") from None
-    step = body.get("step") if isinstance(body, dict) else None
-    loss = body.get("loss") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or "loss" not in body:
+        raise ProtocolError(f"not a loss event: {data[:200]!r}")
+    step, loss = body.get("step"), body["loss"]
     if type(step) is not int or step < 0 or not (loss is None or type(loss) in (int, float)):
         raise ProtocolError(f"not a loss event: {data[:200]!r}")
     return Loss(step, None if loss is None else float(loss))
