@@ -317,7 +317,6 @@ class _Base:
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         # an idle stream carries a comment every 15 s: silence for longer is a dead connection
         self._stream_timeout = httpx.Timeout(timeout, read=read_timeout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from servers import Server, free_port, wait_for
 
-from trainwire import Client
+from trainwire import APIError, Client
 from trainwire.models import JobStatus
 
 TRAINWIRE = Path(sys.executable).with_name("trainwire")  # the console script
@@ -148,9 +148,21 @@ def test_no_server_exits_3() -> None:
 
 
 def test_the_token_is_sent_from_the_flag_or_the_environment(
-    make_server: Callable[..., Server],
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = make_server(TRAINWIRE_API_TOKEN="cli-token-123")
+    # the client's defaults come from the environment
+    monkeypatch.setenv("TRAINWIRE_URL", server.url)
+    monkeypatch.delenv("TRAINWIRE_API_TOKEN", raising=False)
+    with Client() as anonymous, pytest.raises(APIError) as refused_sdk:
+        list(anonymous.jobs())
+    assert refused_sdk.value.status_code == 401
+    with Client(token="cli-token-123") as tw:
+        assert tw.wait(tw.submit("numpy", steps=3).id).status is JobStatus.succeeded
+    monkeypatch.setenv("TRAINWIRE_API_TOKEN", "cli-token-123")
+    with Client() as tw:
+        assert len(list(tw.jobs())) == 1
+
     refused = trainwire("jobs", url=server.url, TRAINWIRE_API_TOKEN="")
     assert refused.returncode == 2 and "401" in refused.stderr
     assert trainwire("jobs", "--token", "cli-token-123", url=server.url).returncode == 0

@@ -141,21 +141,6 @@ def test_4xx_raise_with_the_status_and_the_servers_detail(shared_server: Server)
         assert final.value.status_code == 409 and "already" in final.value.detail
 
 
-def test_the_token_comes_from_the_environment(
-    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    server = make_server(TRAINWIRE_API_TOKEN="sdk-token-123")
-    monkeypatch.setenv("TRAINWIRE_URL", server.url)
-    monkeypatch.delenv("TRAINWIRE_API_TOKEN", raising=False)
-    with Client() as anonymous, pytest.raises(APIError) as refused:
-        list(anonymous.jobs())
-    assert refused.value.status_code == 401
-    monkeypatch.setenv("TRAINWIRE_API_TOKEN", "sdk-token-123")
-    with Client() as tw:
-        job = tw.submit("numpy", steps=3)
-        assert check_stream(list(tw.stream(job.id))).status is JobStatus.succeeded
-
-
 def test_a_stream_carries_on_across_a_server_restart(make_server: Callable[..., Server]) -> None:
     """SIGTERM ends the stream cleanly (not a final status): the client reconnects to the next
     server on the same data directory with Last-Event-ID and misses or repeats no step."""
