@@ -42,9 +42,10 @@ RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["p
 COPY README.md ./
 COPY app/ app/
 COPY workers/ workers/
+COPY trainwire/ trainwire/
 RUN pip install --no-cache-dir --no-deps -c /tmp/torch-constraint.txt . \
     && rm -rf /src/build /src/*.egg-info \
-    && python -I -c 'import app, workers, torch; assert torch.version.cuda, "torch is not a CUDA build"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+    && python -I -c 'import app, workers, trainwire.cli, torch; assert torch.version.cuda, "torch is not a CUDA build"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 
 # An unprivileged user owns the data volume; the code stays root-owned and read-only to it.
 RUN groupadd --system --gid 10001 trainwire \

@@ -35,11 +35,11 @@ postgres-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 lint: install
-	$(BIN)/ruff check app workers tests bench
-	$(BIN)/ruff format --check app workers tests bench
+	$(BIN)/ruff check app workers tests bench trainwire examples
+	$(BIN)/ruff format --check app workers tests bench trainwire examples
 
 typecheck: install
-	$(BIN)/mypy app workers
+	$(BIN)/mypy app workers trainwire
 
 pytest: install browser-deps
 	$(BIN)/pytest -q

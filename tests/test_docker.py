@@ -28,7 +28,7 @@ COMPOSE = ROOT / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What the image build copies from the context.
-BUILD_INPUTS = ["pyproject.toml", "README.md", "app", "workers"]
+BUILD_INPUTS = ["pyproject.toml", "README.md", "app", "workers", "trainwire"]
 
 Instructions = list[tuple[str, str]]
 PipInstall = tuple[dict[str, list[str]], list[str]]
