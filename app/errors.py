@@ -49,3 +49,30 @@ class QueueFull(Exception):
     def __init__(self, retry_after: int):
         self.retry_after = retry_after
         super().__init__(f"the queue is full; retry after {retry_after} s")
+
+
+# Sweeps are answered as jobs are (404, 409): the handlers of the job errors serve them.
+class SweepNotFound(JobNotFound):
+    def __init__(self, sweep_id: str):
+        self.job_id = self.sweep_id = sweep_id
+        Exception.__init__(self, f"no sweep with id {sweep_id!r}")
+
+
+class SweepFinal(JobFinal):
+    """Every run of the sweep is final: it cannot be cancelled."""
+
+    def __init__(self, sweep_id: str, status: str):
+        self.job_id = self.sweep_id = sweep_id
+        self.status = status
+        Exception.__init__(self, f"sweep {sweep_id} is already {status}")
+
+
+class SweepNotFinal(JobNotFinal):
+    """Some run of the sweep is queued or running: the sweep cannot be deleted."""
+
+    def __init__(self, sweep_id: str, runs: int):
+        self.job_id = self.sweep_id = sweep_id
+        self.status = "running"
+        Exception.__init__(
+            self, f"sweep {sweep_id} has {runs} run(s) queued or running; cancel it first"
+        )

@@ -62,6 +62,8 @@ class Channel:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_wake: float = -1e9
     pending_wake: asyncio.TimerHandle | None = None
+    # streams that follow many channels at once (a sweep's) wait on one event of their own
+    listeners: set[asyncio.Event] = field(default_factory=set)
 
     @property
     def first_seq(self) -> int:
@@ -97,6 +99,8 @@ class Channel:
             self.pending_wake = None
         self.changed.set()
         self.changed = asyncio.Event()
+        for listener in self.listeners:
+            listener.set()
 
     def since(self, seq: int) -> list[Chunk]:
         """Chunks from `seq` on that are still held (indexing from the end of a deque is O(1))."""

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from app.api import health, jobs, pages, variants
+from app.api import health, jobs, pages, sweeps, variants
 from app.api.deps import require_token
 from app.api.errors import add_error_handlers
 from app.backends import make_backend
@@ -24,6 +24,8 @@ from app.service import JobService
 from app.settings import Settings
 from app.store import DatabaseInUse, Store
 from app.stream import EventStreams
+from app.sweep_stream import SweepStreams
+from app.sweeps import SweepService
 
 log = logging.getLogger("trainwire")
 
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub, app.state.store, app.state.service = hub, store, service
         app.state.streams = EventStreams(store, hub)
         app.state.losses = LossReader(store)
+        app.state.sweeps = SweepService(service)
+        app.state.sweep_streams = SweepStreams(store, hub)
         await run_in_threadpool(service.start)
         # what start-up built (modules, routes, schemas) lives as long as the process: keep it
         # out of the garbage collector's scans, which otherwise grow with every import
@@ -94,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
     app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
+    app.include_router(sweeps.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
     app.include_router(health.router)
     pages.mount_pages(app)
     add_error_handlers(app)

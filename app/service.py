@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.concurrency import run_in_threadpool
 
@@ -96,12 +98,7 @@ class JobService:
             ) from None
         device = self._device(req.device, req.variant)
         self.store.check_writable()
-        # the room check and the reservation with no await between them: concurrent
-        # submissions cannot all pass the check before any of them is queued
-        if self.backend.queued() + self._inserting >= self.settings.max_queued:
-            raise QueueFull(self.retry_after())
-        self._inserting += 1
-        try:
+        with self.queue_room(1):
             row = await asyncio.wrap_future(
                 self.store.insert_job(
                     {
@@ -120,9 +117,21 @@ class JobService:
                 )
             )
             self._enqueue(row, hp, device)
-        finally:
-            self._inserting -= 1
         return row.to_job()
+
+    @contextmanager
+    def queue_room(self, jobs: int) -> Iterator[None]:
+        """Hold room in the queue for `jobs` jobs while they are stored and queued; QueueFull
+        if the queue cannot take them all."""
+        # the room check and the reservation with no await between them: concurrent
+        # submissions cannot all pass the check before any of them is queued
+        if self.backend.queued() + self._inserting + jobs > self.settings.max_queued:
+            raise QueueFull(self.retry_after())
+        self._inserting += jobs
+        try:
+            yield
+        finally:
+            self._inserting -= jobs
 
     def _device(self, asked: str, variant: str) -> str:
         try:
@@ -185,11 +194,16 @@ class JobService:
         return (await find_job(self.store, job_id)).to_job()
 
     async def list_jobs(
-        self, limit: int, cursor: str | None, statuses: list[str], variants: list[str]
+        self,
+        limit: int,
+        cursor: str | None,
+        statuses: list[str],
+        variants: list[str],
+        sweeps: list[str] | None = None,
     ) -> tuple[list[Job], str | None]:
         before = decode_cursor(cursor) if cursor else None
         rows = await run_in_threadpool(
-            self.store.list_jobs, limit + 1, before, statuses or None, variants or None
+            self.store.list_jobs, limit + 1, before, statuses or None, variants or None, sweeps
         )
         more = len(rows) > limit
         rows = rows[:limit]

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
         0.02, gt=0, description="Longest a step's loss waits before it is handed out."
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    max_sweep_runs: int = Field(256, ge=1, description="Most runs one sweep may have.")
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -106,6 +106,7 @@ class Job(BaseModel):
     )
     error: JobError | None
     attempts: int = Field(0, description="Times a worker started this job (more after a crash).")
+    sweep_id: str | None = Field(None, description="The sweep this job is a run of; null if none.")
 
 
 class JobList(BaseModel):

@@ -87,6 +87,17 @@ class Backend(ABC):
     def slots(self) -> int:
         """Jobs that can run at once."""
 
+    def fuses(self, variant: str) -> bool:
+        """Whether `submit_group` runs a group of this variant's runs as one computation."""
+        return False
+
+    def submit_group(self, specs: list[JobSpec]) -> None:
+        """Queue runs that differ only in learning rate and seed, to run as one batched
+        computation where the backend can (each run still gets its own messages); a backend
+        that cannot fuse queues them one by one."""
+        for spec in specs:
+            self.submit(spec)
+
 
 def wait_finished(
     backend: Backend, count: int, timeout: float | None = None

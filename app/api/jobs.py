@@ -53,9 +53,13 @@ async def list_jobs(
     cursor: Annotated[
         str | None, Query(max_length=200, description="next_cursor of the previous page.")
     ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        Query(description="Only the runs of these sweeps (repeatable)."),
+    ] = None,
 ) -> JobList:
     items, next_cursor = await service.list_jobs(
-        limit, cursor, [s.value for s in status or []], list(variant or [])
+        limit, cursor, [s.value for s in status or []], list(variant or []), sweep
     )
     return JobList(items=items, next_cursor=next_cursor)
 

@@ -33,6 +33,7 @@ class JobRow:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
+    sweep_id: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
@@ -68,4 +69,5 @@ class JobRow:
             environment=self.environment,
             error=error,
             attempts=self.attempts,
+            sweep_id=self.sweep_id,
         )

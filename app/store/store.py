@@ -179,6 +179,11 @@ class Store:
         self._writes.put((op, future, after))
         return future
 
+    def write(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
+        """Run `op(connection)` in the writer's next transaction; resolves with its result
+        (for the store's other tables, app.store.sweeps)."""
+        return self._submit(op, after)
+
     def insert_job(self, values: dict[str, Any]) -> Future[JobRow]:
         """Store a new job; resolves with its row."""
 
@@ -376,6 +381,7 @@ class Store:
         before_pk: int | None = None,
         statuses: list[str] | None = None,
         variants: list[str] | None = None,
+        sweep_ids: list[str] | None = None,
     ) -> list[JobRow]:
         """Jobs newest first, at most `limit`, older than `before_pk` when given."""
         stmt = select(jobs).order_by(jobs.c.pk.desc()).limit(limit)
@@ -385,6 +391,8 @@ class Store:
             stmt = stmt.where(jobs.c.status.in_(statuses))
         if variants:
             stmt = stmt.where(jobs.c.variant.in_(variants))
+        if sweep_ids:
+            stmt = stmt.where(jobs.c.sweep_id.in_(sweep_ids))
         with self.engine.connect() as conn:
             return [JobRow.from_mapping(r) for r in conn.execute(stmt).mappings()]
 

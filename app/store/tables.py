@@ -1,10 +1,11 @@
-"""The store's schema: jobs, and one row per recorded step's loss."""
+"""The store's schema: jobs, one row per recorded step's loss, and sweeps (grids of jobs)."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -41,8 +42,10 @@ jobs = Table(
     Column("error_code", String(32)),
     Column("error_message", Text),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("sweep_id", String(32)),  # the sweep this job is a run of (sweeps.id), or NULL
     Index("ix_jobs_status_pk", "status", "pk"),
     Index("ix_jobs_variant_pk", "variant", "pk"),
+    Index("ix_jobs_sweep_id_pk", "sweep_id", "pk"),
 )
 
 losses = Table(
@@ -52,4 +55,24 @@ losses = Table(
     Column("step", Integer, primary_key=True, autoincrement=False),
     Column("loss", Float),  # NULL where the loss was NaN or infinite
     sqlite_with_rowid=False,
+)
+
+# A sweep's status, counts and end are read from its runs (the jobs with its id): only what
+# the runs cannot tell is kept here.
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("variant", String(32), nullable=False),
+    Column("label", String(200)),
+    Column("hyperparameters", JSON, nullable=False),  # the base, resolved
+    Column("grid", JSON, nullable=False),
+    Column("seed", BigInteger),  # every run's seed when the grid has none
+    Column("device", String(16), nullable=False),
+    Column("fuse", String(8), nullable=False),  # auto, true, false
+    Column("fused", Boolean, nullable=False),
+    Column("cancelled", Boolean, nullable=False, default=False),  # POST .../cancel was called
+    Column("created_at", String(32), nullable=False),
+    Index("ix_sweeps_variant_pk", "variant", "pk"),
 )

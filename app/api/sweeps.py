@@ -1,0 +1,139 @@
+"""Sweeps: a grid of runs submitted, read, listed, cancelled and deleted as one; their stream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.sse import EventSourceResponse
+from starlette.background import BackgroundTask
+
+from app.sweep_stream import SweepStreams
+from app.sweeps import SweepService
+from trainwire.jobs import VariantName
+from trainwire.sweeps import Sweep, SweepCreate, SweepList, SweepStatus
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No sweep with this id."}}
+
+
+async def get_sweeps(request: Request) -> SweepService:
+    sweeps: SweepService = request.app.state.sweeps
+    return sweeps
+
+
+async def get_sweep_streams(request: Request) -> SweepStreams:
+    streams: SweepStreams = request.app.state.sweep_streams
+    return streams
+
+
+Sweeps = Annotated[SweepService, Depends(get_sweeps)]
+Streams = Annotated[SweepStreams, Depends(get_sweep_streams)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a sweep",
+    responses={
+        201: {"headers": {"Location": {"description": "/v1/sweeps/{id}", "schema": {}}}},
+        413: {"description": "The body is over 1 MiB."},
+        422: {
+            "description": "A field or a value of the grid is wrong (`detail[].loc` names it, "
+            "with the value's index in its list), a field is both shared and swept, or the grid "
+            "makes more runs than TRAINWIRE_MAX_SWEEP_RUNS."
+        },
+        429: {"description": "The queue cannot take every run; see Retry-After."},
+    },
+)
+async def submit_sweep(body: SweepCreate, sweeps: Sweeps, response: Response) -> Sweep:
+    """Queue every combination of the grid's values as a job of its own, all or none. A run's
+    seed is the grid's `seed` where it has one, else the sweep's (`seed`, or one drawn)."""
+    created = await sweeps.submit(body)
+    response.headers["Location"] = f"/v1/sweeps/{created.id}"
+    return created
+
+
+@router.get("", summary="List sweeps, newest first")
+async def list_sweeps(
+    sweeps: Sweeps,
+    status: Annotated[
+        list[SweepStatus] | None, Query(description="Only sweeps in these states (repeatable).")
+    ] = None,
+    variant: Annotated[
+        list[VariantName] | None, Query(description="Only sweeps of these variants (repeatable).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page.")
+    ] = None,
+) -> SweepList:
+    items, next_cursor = await sweeps.list_sweeps(
+        limit, cursor, [s.value for s in status or []], list(variant or [])
+    )
+    return SweepList(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{sweep_id}", summary="Get a sweep and its runs", responses=_NOT_FOUND)
+async def get_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
+    return await sweeps.get(sweep_id)
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    status_code=202,
+    summary="Cancel every run of a sweep that is not final",
+    responses={**_NOT_FOUND, 409: {"description": "Every run of the sweep is final."}},
+)
+async def cancel_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
+    """Queued runs are cancelled at once, running ones before their next step; the sweep's
+    status becomes `cancelled` once every run is final."""
+    return await sweeps.cancel(sweep_id)
+
+
+@router.delete(
+    "/{sweep_id}",
+    status_code=204,
+    summary="Delete a sweep, its runs and their losses",
+    responses={**_NOT_FOUND, 409: {"description": "A run of the sweep is queued or running."}},
+)
+async def delete_sweep(sweep_id: str, sweeps: Sweeps) -> Response:
+    await sweeps.delete(sweep_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{sweep_id}/events",
+    summary="Live stream of every run's losses and the sweep's progress",
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "description": "`sweep` (data: the sweep), then `loss` events (data: "
+            '{"job_id": "...", "step": n, "loss": x}, no id) for every step of every run, the '
+            "stored history first, then live; `sweep` again when runs change status; a final "
+            "`sweep` once every run is final, after which the server ends the stream.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def sweep_events(
+    sweep_id: str,
+    streams: Streams,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100_000,
+            description="Thin each run's stored history to at most this many real points, as "
+            "/losses?max_points does; live steps all come.",
+        ),
+    ] = None,
+) -> Response:
+    stream = await streams.events(sweep_id, max_points)
+    return EventSourceResponse(
+        stream,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # close the stream's generator (and its subscriptions) even if the client vanished
+        background=BackgroundTask(stream.aclose),  # type: ignore[attr-defined]
+    )
