@@ -26,6 +26,10 @@ import torch
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
 from trainwire.jobs import WorkerMessage as Message
 from workers.backend import Backend, CancelResult, DeviceUnavailable
+from workers.fused import FUSED
+from workers.fused.batch import run_fused
+from workers.fused.check import fusion_refused
+from workers.fused.group import FusedGroup
 from workers.hyperparameters import estimate_job_bytes
 from workers.processes import ChildWorker, device_facts
 from workers.runner import run_job
@@ -52,6 +56,14 @@ class _Queued:
     def job_id(self) -> str:
         return self.spec.job_id
 
+    @property
+    def job_ids(self) -> list[str]:
+        return [self.spec.job_id]
+
+    @property
+    def bytes_needed(self) -> int:
+        return estimate_job_bytes(self.spec.variant, self.spec.hyperparameters)
+
 
 class LocalBackend(Backend):
     name = "local"
@@ -76,8 +88,9 @@ class LocalBackend(Backend):
         self._timeout_s = timeout_s
         self._flush_seconds = flush_seconds
         self._messages: queue.Queue[Message] = queue.Queue(maxsize=max_pending_messages)
-        self._queue: list[_Queued] = []  # FIFO; a worker takes the first job for its device
-        self._running: dict[str, _Queued] = {}
+        # FIFO; a worker takes the first job (or fused group of jobs) for its device
+        self._queue: list[_Queued | FusedGroup] = []
+        self._running: dict[str, _Queued | FusedGroup] = {}  # by job id
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -164,13 +177,27 @@ class LocalBackend(Backend):
             self._queue.append(_Queued(spec))
             self._cond.notify_all()
 
+    def fuses(self, variant: str) -> bool:
+        return variant in FUSED
+
+    def submit_group(self, specs: list[JobSpec]) -> None:
+        with self._cond:
+            self._queue.append(FusedGroup(list(specs)))
+            self._cond.notify_all()
+
     def cancel(self, job_id: str) -> CancelResult:
         with self._cond:
             for i, item in enumerate(self._queue):
-                if item.job_id == job_id:
-                    del self._queue[i]
+                if job_id in item.job_ids:
+                    if isinstance(item, FusedGroup) and len(item.specs) > 1:
+                        item.drop(job_id)
+                    else:
+                        del self._queue[i]
                     return "queued"
             running = self._running.get(job_id)
+            if isinstance(running, FusedGroup):
+                running.run_cancels[job_id].set()
+                return "running"
             if running is not None:
                 running.cancel.set()
                 return "running"
@@ -178,12 +205,16 @@ class LocalBackend(Backend):
 
     def queued(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return sum(len(item.job_ids) for item in self._queue)
 
     def queued_specs(self) -> list[JobSpec]:
         """The queue, first to run first."""
         with self._cond:
-            return [item.spec for item in self._queue]
+            return [
+                spec
+                for item in self._queue
+                for spec in (item.specs if isinstance(item, FusedGroup) else [item.spec])
+            ]
 
     def next_message(self, timeout: float) -> Message | None:
         try:
@@ -208,23 +239,24 @@ class LocalBackend(Backend):
         # blocks while the consumer is behind: that is the back-pressure on training
         self._messages.put(message)
 
-    def _take(self, device: str) -> _Queued | None:
+    def _take(self, device: str) -> _Queued | FusedGroup | None:
         with self._cond:
             while not self._stopping:
                 for i, item in enumerate(self._queue):
                     want = item.spec.device
                     if want == device or (want == "cuda" and device.startswith("cuda")):
                         del self._queue[i]
-                        self._running[item.job_id] = item
+                        for job_id in item.job_ids:
+                            self._running[job_id] = item
                         return item
                 self._cond.wait()
             return None
 
     def _wait_for_memory(
-        self, item: _Queued, device: str, child: ChildWorker | None
+        self, item: _Queued | FusedGroup, device: str, child: ChildWorker | None
     ) -> Finished | None:
         """Wait until the device has room for the job; a Finished if it must not run."""
-        need = estimate_job_bytes(item.spec.variant, item.spec.hyperparameters)
+        need = item.bytes_needed
         while not item.cancel.is_set():
             seen = child.memory() if child is not None else None
             free, total = seen or torch.cuda.mem_get_info(torch.device(device))
@@ -272,6 +304,9 @@ class LocalBackend(Backend):
             item = self._take(device)
             if item is None:
                 return
+            if isinstance(item, FusedGroup):
+                self._serve_group(item, device, child)
+                continue
             spec = replace(item.spec, device=device)
             job_id = spec.job_id
 
@@ -302,3 +337,86 @@ class LocalBackend(Backend):
             self._emit(finished)
             with self._cond:
                 del self._running[job_id]
+
+    # -- fused groups (workers.fused) -------------------------------------------------------
+    def _serve_group(self, group: FusedGroup, device: str, child: ChildWorker | None) -> None:
+        """Run a fused group: check it may fuse here, wait for memory, say each run started,
+        then train them as one; a group that may not fuse goes back as plain jobs."""
+        specs = [replace(spec, device=device) for spec in group.specs]
+        facts = child.facts if child is not None and child.facts else None
+        environment = {**(facts or device_facts(device)), "fused_runs": len(specs)}
+        if device == "cpu":
+            environment["threads"] = 1  # a fused group runs on one thread (fused.batch)
+
+        def started() -> None:
+            for spec in specs:
+                self._emit(Started(spec.job_id, device, environment))
+
+        def finish(finished: Finished) -> None:
+            with self._cond:
+                if self._stopping and finished.status == RunOutcome.cancelled:
+                    finished = replace(finished, status=RunOutcome.interrupted)
+            self._emit(finished)
+            with self._cond:
+                self._running.pop(finished.job_id, None)
+
+        try:
+            refused = self._wait_for_memory(group, device, child) if device != "cpu" else None
+            if refused is not None:
+                for spec in specs:
+                    finish(replace(refused, job_id=spec.job_id))
+                return
+            if child is not None:
+                why = child.run_group(
+                    specs, self._emit, finish, started, group.flags(), self._timeout_s,
+                    self._flush_seconds,
+                )  # fmt: skip
+            else:
+                why = fusion_refused(specs)
+                if why is None:
+                    started()
+                    sinks = [
+                        lambda first, values, job_id=spec.job_id: self._emit(
+                            LossBatch(job_id, first, values)
+                        )
+                        for spec in specs
+                    ]
+                    run_fused(
+                        specs, FUSED[specs[0].variant], sinks, finish, group.flags(),
+                        self._timeout_s, self._flush_seconds,
+                    )  # fmt: skip
+        except Exception as exc:  # the worker outlives any one group
+            log.exception("fused group of %s failed outside its run", group.job_id)
+            why = None
+            for job_id in group.job_ids:
+                if job_id in self._running:
+                    finish(
+                        Finished(
+                            job_id,
+                            RunOutcome.failed,
+                            0,
+                            ErrorCode.internal,
+                            f"{type(exc).__name__}: {exc}"[:500],
+                        )  # fmt: skip
+                    )
+        if why is not None:
+            log.info("runs %s run one by one: %s", ", ".join(group.job_ids), why)
+            self._unfuse(group)
+
+    def _unfuse(self, group: FusedGroup) -> None:
+        """Put a group's runs back at the head of the queue as plain jobs (a run cancelled
+        meanwhile ends here instead)."""
+        cancelled = []
+        with self._cond:
+            back = []
+            for spec in group.specs:
+                self._running.pop(spec.job_id, None)
+                if group.run_cancels[spec.job_id].is_set() or group.cancel.is_set():
+                    cancelled.append(spec.job_id)
+                else:
+                    back.append(_Queued(spec))
+            self._queue[0:0] = back
+            self._cond.notify_all()
+        for job_id in cancelled:
+            status = RunOutcome.interrupted if self._stopping else RunOutcome.cancelled
+            self._emit(Finished(job_id, status, 0))

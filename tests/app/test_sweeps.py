@@ -72,6 +72,42 @@ def test_each_run_of_a_sweep_equals_the_same_job_alone(client: httpx.Client) -> 
         assert run["last_loss"] == swept[-1]
 
 
+@pytest.mark.parametrize(
+    ("variant", "rates"),
+    [("tensors", [1e-6, 2e-6, 5e-7]), ("nn", [1e-4, 3e-4, 1e-3]), ("dynamic", [1e-4, 1e-3, 3e-5])],
+)
+def test_a_fused_sweep_gives_each_run_the_curve_of_the_job_alone(
+    client: httpx.Client, variant: str, rates: list[float]
+) -> None:
+    hp = {**TINY, "steps": 40}
+    sweep = submit_sweep(
+        client, variant, hp=hp, grid={"learning_rate": rates, "seed": [3, 4]}, fuse=True
+    )
+    assert sweep["fuse"] is True and sweep["fused"] is True
+    stream = read_sweep_events(client, sweep["id"])
+    final = stream.assert_complete()
+    assert final["status"] == "succeeded", final
+    points = stream.points()
+    for run in final["jobs"]:
+        job = body(client.get(f"/v1/jobs/{run['id']}"))
+        # one batched computation of the six runs, on one thread: a job alone with one thread
+        # (this server's CPU jobs have one each) makes the same curve
+        assert job["environment"]["fused_runs"] == 6 and job["environment"]["threads"] == 1
+        alone = submit(client, variant, hp=job["hyperparameters"], seed=job["seed"])
+        assert wait_final(client, alone["id"])["environment"]["threads"] == 1
+        expected = all_losses(client, alone["id"])[1]
+        assert all_losses(client, run["id"])[1] == expected, run["hyperparameters"]
+        assert [loss for _, loss in points[run["id"]]] == expected
+
+
+def test_fuse_auto_runs_cpu_sweeps_as_plain_jobs(client: httpx.Client) -> None:
+    sweep = submit_sweep(client, "nn", hp={**TINY, "steps": 5}, grid={"seed": [1, 2]})
+    assert sweep["fuse"] == "auto" and sweep["fused"] is False
+    wait_sweep_final(client, sweep["id"])
+    for run in sweep["jobs"]:
+        assert "fused_runs" not in body(client.get(f"/v1/jobs/{run['id']}"))["environment"]
+
+
 def test_a_sweep_without_seed_in_its_grid_gives_every_run_one_seed(client: httpx.Client) -> None:
     drawn = submit_sweep(client, "tensors", hp=TINY, grid={"steps": [2, 3]})
     assert isinstance(drawn["seed"], int)
