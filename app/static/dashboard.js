@@ -1396,6 +1396,12 @@
     shown() {
       return [...state.series.keys()];
     },
+    /** What the sweep view (sweeps.js) shares with the page: requests, the token, banners, formats. */
+    ui: {
+      api, el, withQuery, showBanner, hideBanner, formatLoss, formatStep, formatTime, shortId,
+      token: () => state.token,
+      showJob: (id) => showSeries(id, true),
+    },
   };
 
   function start() {
