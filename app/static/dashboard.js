@@ -1,4 +1,4 @@
-// trainwire dashboard: job list, job form, live log-scale loss chart. No dependencies.
+// trainwire dashboard: job list, job form, live log-scale loss chart (uPlot, vendored).
 "use strict";
 
 (() => {
@@ -83,7 +83,6 @@
     restored: false,
     authNeeded: false,
     polling: false,
-    hover: null, // {x, y} in CSS pixels over the chart
     updatedAt: null, // when the job list was last fetched
     dirtyRows: new Set(),
     frame: 0,
@@ -1017,18 +1016,18 @@
 
   // ---------------------------------------------------------------- chart
 
-  const SUPERSCRIPT = { "-": "\u207b", 0: "\u2070", 1: "\u00b9", 2: "\u00b2", 3: "\u00b3", 4: "\u2074", 5: "\u2075", 6: "\u2076", 7: "\u2077", 8: "\u2078", 9: "\u2079" };
+  const chart = { plot: null, signature: "" };
+  const CHART_HEIGHT = 420;
+  const GRID = { stroke: "#eef1f5", width: 1 };
 
-  function decadeLabel(exponent) {
-    return `10${String(exponent).replace(/[-0-9]/g, (c) => SUPERSCRIPT[c])}`;
-  }
-
-  function niceStep(range, count) {
-    const raw = range / Math.max(1, count);
-    const magnitude = 10 ** Math.floor(Math.log10(raw));
-    const fraction = raw / magnitude;
-    const nice = fraction <= 1 ? 1 : fraction <= 2 ? 2 : fraction <= 5 ? 5 : 10;
-    return Math.max(1, nice * magnitude);
+  // A label at each power of ten only: uPlot's log scale puts a split at every 1..9 x 10^k.
+  function decades(u, splits) {
+    return splits.map((v) => {
+      const exponent = Math.log10(v);
+      if (!(v > 0) || Math.abs(exponent - Math.round(exponent)) > 1e-9) return "";
+      const k = Math.round(exponent);
+      return Math.abs(k) <= 3 ? String(Number(v.toPrecision(1))) : `1e${k}`;
+    });
   }
 
   // The chart is redrawn at most once a frame; the text around it (rows, legend) at most a few
@@ -1051,197 +1050,60 @@
     });
   }
 
-  function chartExtent(seriesList) {
-    let xmin = Infinity;
-    let xmax = -Infinity;
-    let ymin = Infinity;
-    let ymax = -Infinity;
-    for (const series of seriesList) {
-      for (const [step, loss] of series.points) {
-        if (step < xmin) xmin = step;
-        if (step > xmax) xmax = step;
-        if (loss !== null && loss > 0) {
-          if (loss < ymin) ymin = loss;
-          if (loss > ymax) ymax = loss;
-        }
-      }
-    }
-    if (!Number.isFinite(ymin)) return null;
-    let low = Math.floor(Math.log10(ymin));
-    let high = Math.ceil(Math.log10(ymax));
-    if (high <= low) high = low + 1;
-    if (xmax - xmin < 10) xmax = xmin + 10;
-    return { xmin, xmax, low, high };
+  // The series on the chart, by id and colour: a new set makes a new plot, data alone does not.
+  function chartSignature(seriesList) {
+    return seriesList.map((series) => `${series.id}:${series.color}`).join(",");
+  }
+
+  function makePlot(seriesList) {
+    const host = $("#chart-plot");
+    if (chart.plot) chart.plot.destroy();
+    const options = {
+      width: Math.max(200, host.clientWidth),
+      height: CHART_HEIGHT,
+      legend: { show: false },
+      scales: { x: { time: false }, y: { distr: 3 } },
+      axes: [
+        { label: "step", grid: GRID, values: (u, splits) => splits.map(formatStep) },
+        { values: decades, size: 52, grid: GRID },
+      ],
+      series: [
+        {},
+        ...seriesList.map((series) => ({
+          label: series.id,
+          stroke: series.color,
+          width: 1.6,
+          spanGaps: false, // a null loss (non-finite) breaks the line; a step a job lacks does not
+          points: { show: false },
+        })),
+      ],
+      hooks: { setCursor: [renderHover] },
+    };
+    chart.plot = new uPlot(options, options.series.map(() => []), host);
+    const canvas = chart.plot.ctx.canvas;
+    canvas.id = "chart";
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", "Loss per step of the jobs shown");
+    chart.signature = chartSignature(seriesList);
   }
 
   function drawChart() {
-    const canvas = $("#chart");
-    const ratio = window.devicePixelRatio || 1;
-    const width = canvas.clientWidth;
-    const height = canvas.clientHeight;
-    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-      canvas.width = Math.round(width * ratio);
-      canvas.height = Math.round(height * ratio);
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, width, height);
-
     const seriesList = [...state.series.values()];
-    const extent = chartExtent(seriesList);
+    const drawable = seriesList.some((series) => series.points.some((p) => p[1] !== null && p[1] > 0));
     $("#chart-empty").textContent =
       seriesList.length === 0
         ? "No job on the chart yet: tick \u201cChart\u201d in the job list."
         : "Waiting for the first loss\u2026";
-    $("#chart-empty").hidden = Boolean(extent);
-    state.view = null;
-    if (!extent || width === 0) {
-      $("#chart-tooltip").hidden = true;
-      return;
-    }
-
-    const font = getComputedStyle(document.body).fontFamily;
-    const pad = { left: 52, right: 14, top: 10, bottom: 30 };
-    const plotW = Math.max(10, width - pad.left - pad.right);
-    const plotH = Math.max(10, height - pad.top - pad.bottom);
-    const { xmin, xmax, low, high } = extent;
-    const x = (step) => pad.left + ((step - xmin) / (xmax - xmin)) * plotW;
-    const y = (loss) => pad.top + ((high - Math.log10(loss)) / (high - low)) * plotH;
-    state.view = { pad, plotW, plotH, xmin, xmax, x, y };
-
-    ctx.font = `11.5px ${font}`;
-    ctx.lineWidth = 1;
-
-    // Minor gridlines (2..9 × 10^k) while there is room for them.
-    const decades = high - low;
-    if (plotH / decades >= 90) {
-      ctx.strokeStyle = "#f1f3f7";
-      ctx.beginPath();
-      for (let k = low; k < high; k++) {
-        for (let m = 2; m <= 9; m++) {
-          const py = Math.round(y(m * 10 ** k)) + 0.5;
-          ctx.moveTo(pad.left, py);
-          ctx.lineTo(pad.left + plotW, py);
-        }
-      }
-      ctx.stroke();
-    }
-
-    // Decades: gridline and label.
-    const labelEvery = Math.max(1, Math.ceil((decades + 1) / Math.max(1, Math.floor(plotH / 22))));
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let k = low; k <= high; k++) {
-      const py = Math.round(y(10 ** k)) + 0.5;
-      ctx.strokeStyle = "#e1e6ee";
-      ctx.beginPath();
-      ctx.moveTo(pad.left, py);
-      ctx.lineTo(pad.left + plotW, py);
-      ctx.stroke();
-      if ((k - low) % labelEvery === 0) {
-        ctx.fillStyle = "#647084";
-        ctx.fillText(decadeLabel(k), pad.left - 8, py);
-      }
-    }
-
-    // Steps.
-    const stepSize = niceStep(xmax - xmin, Math.max(2, Math.floor(plotW / 90)));
-    ctx.textAlign = "center";
-    ctx.textBaseline = "top";
-    for (let step = Math.ceil(xmin / stepSize) * stepSize; step <= xmax; step += stepSize) {
-      const px = Math.round(x(step)) + 0.5;
-      ctx.strokeStyle = "#f1f3f7";
-      ctx.beginPath();
-      ctx.moveTo(px, pad.top);
-      ctx.lineTo(px, pad.top + plotH);
-      ctx.stroke();
-      ctx.strokeStyle = "#cfd6e0";
-      ctx.beginPath();
-      ctx.moveTo(px, pad.top + plotH);
-      ctx.lineTo(px, pad.top + plotH + 4);
-      ctx.stroke();
-      ctx.fillStyle = "#647084";
-      ctx.fillText(formatStep(step), px, pad.top + plotH + 7);
-    }
-    ctx.textAlign = "right";
-    ctx.textBaseline = "bottom";
-    ctx.fillStyle = "#8a94a6";
-    ctx.fillText("step", pad.left + plotW, height - 1);
-
-    // Axes.
-    ctx.strokeStyle = "#cfd6e0";
-    ctx.beginPath();
-    ctx.moveTo(pad.left + 0.5, pad.top);
-    ctx.lineTo(pad.left + 0.5, pad.top + plotH + 0.5);
-    ctx.lineTo(pad.left + plotW, pad.top + plotH + 0.5);
-    ctx.stroke();
-
-    // Curves: a null loss (non-finite) or a non-positive one breaks the line.
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(pad.left, pad.top - 2, plotW + 2, plotH + 4);
-    ctx.clip();
-    ctx.lineWidth = 1.6;
-    ctx.lineJoin = "round";
-    ctx.lineCap = "round";
-    for (const series of seriesList) {
-      ctx.strokeStyle = series.color;
-      ctx.fillStyle = series.color;
-      ctx.beginPath();
-      const last = traceSeries(ctx, series.points, x, y);
-      ctx.stroke();
-      if (last) {
-        ctx.beginPath();
-        ctx.arc(last[0], last[1], 2.6, 0, 2 * Math.PI);
-        ctx.fill();
-      }
-    }
-    ctx.restore();
-    drawHover(ctx, seriesList);
-  }
-
-  // Adds a series to the current path and returns its last vertex. Where several points fall in
-  // one pixel column only the first, lowest, highest and last are drawn: the same picture, with
-  // at most four vertices a column however long the run.
-  function traceSeries(ctx, points, x, y) {
-    let column = NaN;
-    let first = 0;
-    let low = 0;
-    let high = 0;
-    let lastY = 0;
-    let penDown = false;
-    let end = null;
-    const flush = () => {
-      if (Number.isNaN(column)) return;
-      if (penDown) ctx.lineTo(column, first);
-      else ctx.moveTo(column, first);
-      if (low !== first) ctx.lineTo(column, low);
-      if (high !== low) ctx.lineTo(column, high);
-      if (lastY !== high) ctx.lineTo(column, lastY);
-      penDown = true;
-      end = [column, lastY];
-      column = NaN;
-    };
-    for (const [step, loss] of points) {
-      if (loss === null || !(loss > 0)) {
-        flush();
-        penDown = false;
-        continue;
-      }
-      const px = Math.round(x(step));
-      const py = y(loss);
-      if (px !== column) {
-        flush();
-        column = px;
-        first = low = high = lastY = py;
-      } else {
-        if (py < low) low = py;
-        if (py > high) high = py;
-        lastY = py;
-      }
-    }
-    flush();
-    return end;
+    $("#chart-empty").hidden = drawable;
+    if (!chart.plot || chartSignature(seriesList) !== chart.signature) makePlot(seriesList);
+    // every job's points on one step axis: a loss that is not positive has no place on a log
+    // scale and, like a non-finite one, leaves a gap
+    const tables = seriesList.map((series) => [
+      series.points.map((p) => p[0]),
+      series.points.map((p) => (p[1] !== null && p[1] > 0 ? p[1] : null)),
+    ]);
+    chart.plot.setData(drawable ? uPlot.join(tables) : [[], ...tables.map(() => [])]);
+    if (!drawable) $("#chart-tooltip").hidden = true;
   }
 
   function nearestPoint(points, step) {
@@ -1258,45 +1120,28 @@
     return candidates[0];
   }
 
-  function drawHover(ctx, seriesList) {
+  // The hovered step's nearest loss of every job on the chart (uPlot's cursor hook).
+  function renderHover(u) {
     const tooltip = $("#chart-tooltip");
-    const view = state.view;
-    const hover = state.hover;
-    if (!view || !hover || hover.x < view.pad.left || hover.x > view.pad.left + view.plotW) {
+    const idx = u.cursor.idx;
+    if (idx === null || idx === undefined || !(u.cursor.left >= 0) || !u.data[0].length) {
       tooltip.hidden = true;
       return;
     }
-    const step = Math.round(view.xmin + ((hover.x - view.pad.left) / view.plotW) * (view.xmax - view.xmin));
+    const step = u.data[0][idx];
+    const { min, max } = u.scales.x;
+    const slack = (4 * (max - min)) / Math.max(1, u.over.clientWidth); // a few pixels, in steps
     const rows = [];
-    const slack = (4 * (view.xmax - view.xmin)) / view.plotW; // a few pixels, in steps
-    for (const series of seriesList) {
+    for (const series of state.series.values()) {
       const points = series.points;
       if (points.length === 0 || step < points[0][0] - slack || step > points[points.length - 1][0] + slack) continue;
       const point = nearestPoint(points, step);
-      if (!point) continue;
-      rows.push({ series, point });
-      if (point[1] !== null && point[1] > 0) {
-        ctx.fillStyle = "#fff";
-        ctx.strokeStyle = series.color;
-        ctx.lineWidth = 2;
-        ctx.beginPath();
-        ctx.arc(view.x(point[0]), view.y(point[1]), 3.5, 0, 2 * Math.PI);
-        ctx.fill();
-        ctx.stroke();
-      }
+      if (point) rows.push({ series, point });
     }
     if (rows.length === 0) {
       tooltip.hidden = true;
       return;
     }
-    const px = Math.round(hover.x) + 0.5;
-    ctx.strokeStyle = "rgba(100, 112, 132, 0.45)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    ctx.moveTo(px, view.pad.top);
-    ctx.lineTo(px, view.pad.top + view.plotH);
-    ctx.stroke();
-
     tooltip.replaceChildren(
       el("div", { class: "tt-step", text: `step ${step}` }),
       ...rows.map(({ series, point }) =>
@@ -1311,9 +1156,13 @@
     );
     tooltip.hidden = false;
     const wrap = tooltip.parentElement;
-    const left = hover.x + 14 + tooltip.offsetWidth > wrap.clientWidth ? hover.x - 14 - tooltip.offsetWidth : hover.x + 14;
+    const over = u.over.getBoundingClientRect();
+    const box = wrap.getBoundingClientRect();
+    const x = over.left - box.left + u.cursor.left;
+    const y = over.top - box.top + u.cursor.top;
+    const left = x + 14 + tooltip.offsetWidth > wrap.clientWidth ? x - 14 - tooltip.offsetWidth : x + 14;
     tooltip.style.left = `${Math.max(0, left)}px`;
-    tooltip.style.top = `${Math.max(0, Math.min(hover.y - 10, wrap.clientHeight - tooltip.offsetHeight))}px`;
+    tooltip.style.top = `${Math.max(0, Math.min(y - 10, wrap.clientHeight - tooltip.offsetHeight))}px`;
   }
 
   function seriesName(id, short = false) {
@@ -1368,17 +1217,6 @@
     }
   }
 
-  function onChartMove(event) {
-    const rect = event.currentTarget.getBoundingClientRect();
-    state.hover = { x: event.clientX - rect.left, y: event.clientY - rect.top };
-    scheduleRender();
-  }
-
-  function onChartLeave() {
-    state.hover = null;
-    scheduleRender();
-  }
-
   // ---------------------------------------------------------------- start
 
   window.trainwire = {
@@ -1411,10 +1249,10 @@
     $("#reset-defaults").addEventListener("click", buildFields);
     $("#auth").addEventListener("submit", onTokenSaved);
     $(".banner-close").addEventListener("click", hideBanner);
-    const canvas = $("#chart");
-    canvas.addEventListener("mousemove", onChartMove);
-    canvas.addEventListener("mouseleave", onChartLeave);
-    new ResizeObserver(scheduleRender).observe(canvas);
+    const plot = $("#chart-plot");
+    new ResizeObserver(() => {
+      if (chart.plot) chart.plot.setSize({ width: Math.max(200, plot.clientWidth), height: CHART_HEIGHT });
+    }).observe(plot);
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) tick();
     });
