@@ -22,11 +22,14 @@ if TYPE_CHECKING:
         Event,
         Loss,
         ProtocolError,
+        RunLoss,
         ServerUnreachable,
         Status,
+        SweepUpdate,
         TrainwireError,
     )
     from trainwire.models import Job, JobStatus
+    from trainwire.sweeps import Sweep
 
 __all__ = [
     "APIError",
@@ -37,8 +40,11 @@ __all__ = [
     "JobStatus",
     "Loss",
     "ProtocolError",
+    "RunLoss",
     "ServerUnreachable",
     "Status",
+    "Sweep",
+    "SweepUpdate",
     "TrainwireError",
 ]
 
@@ -47,6 +53,7 @@ __all__ = [
 _HOMES = {name: "trainwire.client" for name in __all__} | {
     "Job": "trainwire.models",
     "JobStatus": "trainwire.models",
+    "Sweep": "trainwire.sweeps",
 }
 
 

@@ -3,8 +3,9 @@
 `serve` and `run` (which need torch) are `app.cli`'s, loaded only for them: the client's
 commands import no torch and answer at once.
 
-Exit status: 0 done (`watch`: the job succeeded); 1 the watched job failed or was cancelled;
-2 a usage error or a 4xx answer; 3 the server could not be reached.
+Exit status: 0 done (`watch`: the job succeeded); 1 the watched job failed or was cancelled
+(`sweep --watch`: a run did not succeed); 2 a usage error or a 4xx answer; 3 the server could
+not be reached.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trainwire.client import (
 from trainwire.hyperparameters import HYPERPARAMETERS
 from trainwire.jobs import VARIANT_NAMES, JobStatus
 from trainwire.models import Job
+from trainwire.sweep_cli import add_sweep_parser, run_sweep
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 SERVER_COMMANDS = ("serve", "run")  # app.cli's
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="at most K real points spread over the run, keeping its shape",
     )
+
+    add_sweep_parser(sub, connection, hyperparameter_flags())
 
     # listed for --help; main() hands them to app.cli before this parser sees them
     sub.add_parser("serve", help="start the HTTP service (needs the server's dependencies)")
@@ -380,6 +384,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "cancel": _cancel,
     "delete": _delete,
     "losses": _losses,
+    "sweep": lambda tw, args: run_sweep(tw, args, list(hyperparameter_flags())),
 }
 
 

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from trainwire.models import Job, JobList, Losses, VariantInfo
+from trainwire.sweep_client import AsyncSweepCalls, RunLoss, SweepCalls, SweepUpdate
 
 __all__ = [
     "DEFAULT_URL",
@@ -43,8 +44,10 @@ __all__ = [
     "Event",
     "Loss",
     "ProtocolError",
+    "RunLoss",
     "ServerUnreachable",
     "Status",
+    "SweepUpdate",
     "TrainwireError",
 ]
 
@@ -338,7 +341,7 @@ class _Base:
         )
 
 
-class Client(_Base):
+class Client(SweepCalls, _Base):
     """The trainwire API over HTTP. A context manager; `close()` ends its connections.
 
     url: `TRAINWIRE_URL`, default http://127.0.0.1:8000; token: `TRAINWIRE_API_TOKEN`.
@@ -504,7 +507,7 @@ class Client(_Base):
         raise ProtocolError("the stream ended without the job's final status")  # pragma: no cover
 
 
-class AsyncClient(_Base):
+class AsyncClient(AsyncSweepCalls, _Base):
     """`Client`'s methods, async: `await tw.submit(...)`, `async for event in tw.stream(id)`."""
 
     def __init__(
