@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from starlette.concurrency import run_in_threadpool
@@ -53,11 +53,16 @@ class JobService:
         self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop())
         self._inserting = 0  # submissions between their room check and their enqueue
         self.ready = False
+        # at start, each takes the recovered jobs it queues itself and returns the others
+        self.recovery_hooks: list[Callable[[list[JobRow]], list[JobRow]]] = []
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Requeue what a crash or shutdown left unfinished, then start the workers."""
-        for row in self.store.requeue_unfinished():
+        rows = self.store.requeue_unfinished()
+        for requeue in self.recovery_hooks:  # e.g. the runs of fused sweeps, as groups again
+            rows = requeue(rows)
+        for row in rows:
             hp = VARIANTS[row.variant].hyperparameters.model_validate(row.hyperparameters)
             try:
                 device = self._device(row.device, row.variant)

@@ -63,6 +63,33 @@ class SweepService:
     def __init__(self, jobs: JobService):
         self.jobs = jobs
         self.store = SweepStore(jobs.store)
+        jobs.recovery_hooks.append(self._requeue_fused)
+
+    def _requeue_fused(self, rows: list[JobRow]) -> list[JobRow]:
+        """At start: the unfinished runs of fused sweeps go back to the workers as groups, as
+        they trained before (a run that trained fused goes on fused, on the same kernels and
+        threads); returns the other jobs."""
+        by_sweep: dict[str, list[JobRow]] = {}
+        for row in rows:
+            if row.sweep_id is not None:
+                by_sweep.setdefault(row.sweep_id, []).append(row)
+        taken: set[str] = set()
+        for sweep_id, runs in by_sweep.items():
+            found = self.store.get_sweep(sweep_id)
+            if found is None or not found[0].fused or not self.jobs.backend.fuses(runs[0].variant):
+                continue
+            try:
+                device = self.jobs.backend.resolve_device(
+                    runs[0].device, VARIANTS[runs[0].variant].devices
+                )
+            except DeviceUnavailable:
+                continue  # the job service keeps them queued until a fitting server runs
+            model = VARIANTS[runs[0].variant].hyperparameters
+            hps = [model.model_validate(run.hyperparameters) for run in runs]
+            groups = self._groups(runs[0].variant, device, [(hp, 0) for hp in hps])
+            self._enqueue(runs, hps, device, groups)
+            taken.update(run.id for run in runs)
+        return [row for row in rows if row.id not in taken]
 
     # -- commands -------------------------------------------------------------------------------
     async def submit(self, req: SweepCreate) -> Sweep:
@@ -272,8 +299,17 @@ class SweepService:
             JobSpec(variant, hp, seed or 0, device, job_id=str(i))
             for i, (hp, seed) in enumerate(runs)
         ]
-        groups = plan_groups(specs, self.jobs.settings.max_job_bytes)
+        groups = plan_groups(specs, self.jobs.settings.max_job_bytes, slots=self._slots_for(device))
         return [[int(spec.job_id) for spec in group] for group in groups]
+
+    def _slots_for(self, device: str) -> int:
+        """Worker slots that can take a group for `device`: its groups are spread over them."""
+        backend = self.jobs.backend
+        if device == "cpu":
+            return max(1, getattr(backend, "cpu_workers", backend.slots))
+        gpus = [d for d in backend.devices if d.startswith("cuda")]
+        per_gpu = getattr(backend, "jobs_per_gpu", 1)
+        return max(1, (len(gpus) if device == "cuda" else 1) * per_gpu)
 
     def _enqueue(
         self, rows: list[JobRow], hps: list[Hyperparameters], device: str, groups: list[list[int]]

@@ -6,6 +6,10 @@ same loop (the variant's own `train`):
   (b) nosync: no per-step sync at all (losses discarded; one sync at the end);
   (c) runner: trainwire's runner, whose recorder copies losses back in batches.
 Then the total steps/s of 1, 2, 4 and 8 concurrent jobs on one GPU through the worker pool.
+Then sweeps: runs/s of R runs of `nn` and `tensors` (R = 1, 16, 64, 256; learning rates and seeds
+differing) as R plain jobs on the pool against one fused group (workers.fused), and whether the
+fused runs' first steps equal the runs alone bit for bit on this GPU (if not, the service runs
+such a group as plain jobs: the "fused" column then measures what fusing would give).
 
 Needs torch, numpy and pydantic only. Without a GPU it says so and exits 0.
 Reproduce: `make gpu-check` (or `python -m bench.gpu_check`; `--cpu` dry-runs it on the CPU).
@@ -28,6 +32,7 @@ import torch
 
 from trainwire.jobs import JobSpec
 from workers.backend import wait_finished
+from workers.fused.check import CHECK_STEPS, compare_fused_to_alone, record_verdict
 from workers.hyperparameters import Limits, parse_hyperparameters
 from workers.pool import LocalBackend
 from workers.runner import Run, run_job
@@ -123,10 +128,86 @@ def concurrent_steps_per_s(device: str, jobs: int, variant: str, steps: int, siz
     return jobs * steps / elapsed
 
 
+def sweep_specs(variant: str, device: str, runs: int, steps: int) -> list[JobSpec]:
+    """R runs of a sweep: rates spread over a decade below the default, seeds 0..R-1."""
+    model = VARIANTS[variant].hyperparameters
+    default = model.model_fields["learning_rate"].default
+    return [
+        replace(
+            JobSpec(
+                variant,
+                parse_hyperparameters(
+                    model,
+                    {"steps": steps, "learning_rate": default * 10 ** (-r / max(1, runs - 1))},
+                    variant,
+                    NO_LIMITS,
+                ),
+                r,
+                device,
+            ),
+            job_id=f"run{r}",
+        )
+        for r in range(runs)
+    ]
+
+
+def sweep_runs_per_s(specs: list[JobSpec], fused: bool) -> float:
+    """Runs/s of the specs through one worker of the pool: one fused group, or plain jobs."""
+    device = specs[0].device
+    cpu = device == "cpu"
+    pool = LocalBackend(
+        cpu_workers=1 if cpu else 0, jobs_per_gpu=0 if cpu else 1, cpu_threads=1,
+        gpus=[] if cpu else [device],
+    )  # fmt: skip
+    pool.start()
+    began = time.perf_counter()
+    if fused and len(specs) > 1:
+        pool.submit_group(specs)
+    else:
+        for one in specs:
+            pool.submit(one)
+    outcomes, started = wait_finished(pool, len(specs))
+    elapsed = time.perf_counter() - began
+    pool.stop()
+    assert all(o.status == "succeeded" for o in outcomes), outcomes
+    if fused and len(specs) > 1:
+        assert all(s.environment.get("fused_runs") for s in started.values()), "not fused"
+    return len(specs) / elapsed
+
+
+def fused_section(device: str, steps: int, counts: tuple[int, ...]) -> None:
+    print(
+        "\nsweeps: runs/s of R runs through one worker, plain jobs vs one fused group; "
+        f"`same`: the first {CHECK_STEPS} fused steps equal each run alone bit for bit\n"
+    )
+    print("| variant | runs | steps | plain runs/s | fused runs/s | fused/plain | same |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for variant in ("nn", "tensors"):
+        warm = sweep_specs(variant, device, 2, 3)  # first uses set up lazily: not measured
+        record_verdict(warm, None)
+        sweep_runs_per_s(warm, fused=False)
+        sweep_runs_per_s(warm, fused=True)
+        for runs in counts:
+            specs = sweep_specs(variant, device, runs, steps)
+            differs = compare_fused_to_alone(specs, CHECK_STEPS) if runs > 1 else None
+            plain = sweep_runs_per_s(specs, fused=False)
+            record_verdict(specs, None)  # measure the fused computation whatever the check says
+            fused = sweep_runs_per_s(specs, fused=True)
+            same = "yes" if differs is None else f"no: {differs}"
+            print(
+                f"| {variant} | {runs} | {steps} | {plain:,.1f} | {fused:,.1f} | "
+                f"{fused / plain:.1f}x | {same} |"
+            )
+            sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="dry run on the CPU, few steps")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument(
+        "--sweeps-only", action="store_true", help="only the fused-vs-plain sweep section"
+    )
     args = parser.parse_args()
     if not args.cpu and not torch.cuda.is_available():
         print("gpu-check: no CUDA device on this host; nothing to check.")
@@ -136,6 +217,10 @@ def main() -> int:
     steps = {"tutorial": 50 if args.cpu else 2000, "large": 3 if args.cpu else 200}
 
     status = 0
+    if args.sweeps_only:
+        counts = (1, 4, 16) if args.cpu else (1, 16, 64, 256)
+        fused_section(device, 20 if args.cpu else 500, counts)
+        return status
     if not args.skip_tests and not args.cpu:
         status = subprocess.call(
             [sys.executable, "-m", "pytest", "--noconftest", "-q", "-m", "gpu", "tests/gpu"],
@@ -181,6 +266,7 @@ def main() -> int:
             + " | ".join(f"{r:,.0f}" for r in rates)
             + " |"
         )
+    fused_section(device, 20 if args.cpu else 500, (1, 4, 16) if args.cpu else (1, 16, 64, 256))
     print("\nreproduce: make gpu-check")
     return status
 

@@ -88,10 +88,11 @@ class SweepCreate(BaseModel):
         description="auto (a GPU when there is one and the variant can use it), cpu, cuda, cuda:N.",
     )
     label: str | None = Field(None, max_length=200, description="A name of your choosing.")
-    fuse: Fuse = Field(
+    fuse: Literal["auto", "true", "false"] | bool = Field(
         "auto",
         description="Run the runs that differ only in learning rate and seed as one batched "
-        "computation: auto (where the device is a GPU), true, false.",
+        'computation: "auto" (where the device is a GPU), true, false ("true" and "false" as '
+        "strings too).",
     )
 
     @field_validator("label")
@@ -101,11 +102,15 @@ class SweepCreate(BaseModel):
             raise ValueError("must not contain the NUL character (\\u0000)")
         return value
 
-    @field_validator("fuse", mode="before")
+    @field_validator("fuse")
     @classmethod
-    def _fuse_words(cls, value: object) -> object:
+    def _fuse_words(cls, value: str | bool) -> Fuse:
         # "true" and "false" as strings too: the contract writes them as words
-        return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+        if value == "true" or value is True:
+            return True
+        if value == "false" or value is False:
+            return False
+        return "auto"
 
 
 class SweepCounts(BaseModel):

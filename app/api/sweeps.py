@@ -38,6 +38,7 @@ Streams = Annotated[SweepStreams, Depends(get_sweep_streams)]
     summary="Submit a sweep",
     responses={
         201: {"headers": {"Location": {"description": "/v1/sweeps/{id}", "schema": {}}}},
+        400: {"description": "The body is not UTF-8 text."},
         413: {"description": "The body is over 1 MiB."},
         422: {
             "description": "A field or a value of the grid is wrong (`detail[].loc` names it, "

@@ -90,9 +90,9 @@ def test_a_fused_sweep_gives_each_run_the_curve_of_the_job_alone(
     points = stream.points()
     for run in final["jobs"]:
         job = body(client.get(f"/v1/jobs/{run['id']}"))
-        # one batched computation of the six runs, on one thread: a job alone with one thread
-        # (this server's CPU jobs have one each) makes the same curve
-        assert job["environment"]["fused_runs"] == 6 and job["environment"]["threads"] == 1
+        # six runs in two batched computations (one per CPU worker) on one thread each: a job
+        # alone with one thread (this server's CPU jobs have one each) makes the same curve
+        assert job["environment"]["fused_runs"] == 3 and job["environment"]["threads"] == 1
         alone = submit(client, variant, hp=job["hyperparameters"], seed=job["seed"])
         assert wait_final(client, alone["id"])["environment"]["threads"] == 1
         expected = all_losses(client, alone["id"])[1]
@@ -301,3 +301,34 @@ def test_sweeps_are_listed_newest_first_by_status_and_variant(
         done = body(client.get("/v1/sweeps", params={"status": "succeeded", "limit": 1}))
         assert [s["id"] for s in done["items"]] == [made[2]["id"]] and done["next_cursor"]
         assert client.get("/v1/sweeps", params={"status": "sideways"}).status_code == 422
+
+
+def test_a_fused_sweep_cut_by_a_restart_goes_on_fused_with_the_same_curves(
+    make_server: Callable[..., Server],
+) -> None:
+    # two threads for a plain job here, one for a fused group: the runs of a fused sweep must
+    # go on fused after the restart, or their recomputed steps would round otherwise
+    env = {"TRAINWIRE_CPU_WORKERS": "1", "TRAINWIRE_THREADS_PER_CPU_JOB": "2"}
+    hp = {"batch_size": 32, "d_in": 200, "hidden": 50, "d_out": 5, "steps": 3000}
+    grid = {"learning_rate": [1e-6, 2e-6], "seed": [1, 2]}
+    server = make_server(**env)
+    with server.client() as client:
+        sweep = submit_sweep(client, "tensors", hp=hp, grid=grid, fuse=True)
+        wait_for(
+            lambda: any(
+                r["step"] > 300 for r in body(client.get(f"/v1/sweeps/{sweep['id']}"))["jobs"]
+            ),
+            timeout=60,
+        )
+    assert server.stop() == 0
+    server = make_server(data_dir=server.data_dir, **env)
+    with server.client() as client:
+        cut = wait_sweep_final(client, sweep["id"])
+        whole = wait_sweep_final(
+            client, submit_sweep(client, "tensors", hp=hp, grid=grid, fuse=True)["id"]
+        )
+        assert cut["status"] == whole["status"] == "succeeded"
+        for run, same in zip(cut["jobs"], whole["jobs"], strict=True):
+            job = body(client.get(f"/v1/jobs/{run['id']}"))
+            assert job["attempts"] == 2 and job["environment"]["fused_runs"] == 4
+            assert all_losses(client, run["id"]) == all_losses(client, same["id"])

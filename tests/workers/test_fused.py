@@ -165,6 +165,7 @@ def test_groups_split_by_what_runs_share_and_by_the_memory_budget() -> None:
     sizes = [len(g) for g in plan_groups(specs[:5], max_bytes=two_fit)]
     assert sizes == [2, 2, 1]
     assert [len(g) for g in plan_groups(specs[:5], max_bytes=1 << 40, max_runs=3)] == [3, 2]
+    assert [len(g) for g in plan_groups(specs, max_bytes=1 << 40, slots=2)] == [3, 2, 3, 2]
 
 
 # -- the pool ---------------------------------------------------------------------------------

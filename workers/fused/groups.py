@@ -21,17 +21,20 @@ def fusion_key(spec: JobSpec) -> tuple[object, ...]:
 
 
 def plan_groups(
-    specs: list[JobSpec], max_bytes: int, max_runs: int = MAX_FUSED_RUNS
+    specs: list[JobSpec], max_bytes: int, max_runs: int = MAX_FUSED_RUNS, slots: int = 1
 ) -> list[list[JobSpec]]:
-    """The runs, in groups that may fuse: same fusion key, at most `max_runs`, and their
-    tensors (runs x one run's estimate) within `max_bytes`. Groups come in the order of their
-    first run, runs within a group in the order given; a group of one runs as a plain job."""
+    """The runs, in groups that may fuse: same fusion key, at most `max_runs`, their tensors
+    (runs x one run's estimate) within `max_bytes`, and spread over `slots` workers (a group
+    trains in one worker slot: with two slots, two groups of half the runs finish sooner than
+    one). Groups of one key follow each other in the order of the key's first run, runs within
+    a group in the order given; a group of one runs as a plain job."""
     by_key: dict[tuple[object, ...], list[JobSpec]] = {}
     for spec in specs:
         by_key.setdefault(fusion_key(spec), []).append(spec)
     groups: list[list[JobSpec]] = []
     for same in by_key.values():
         one = estimate_job_bytes(same[0].variant, same[0].hyperparameters)
-        size = max(1, min(max_runs, max_bytes // max(1, one)))
+        spread = -(-len(same) // max(1, slots))  # ceil
+        size = max(1, min(max_runs, max_bytes // max(1, one), spread))
         groups += [same[i : i + size] for i in range(0, len(same), size)]
     return groups
