@@ -26,10 +26,8 @@ import torch
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
 from trainwire.jobs import WorkerMessage as Message
 from workers.backend import Backend, CancelResult, DeviceUnavailable
-from workers.fused import FUSED
-from workers.fused.batch import run_fused
-from workers.fused.check import fusion_refused
 from workers.fused.group import FusedGroup
+from workers.fused.serving import FusedGroupServing
 from workers.hyperparameters import estimate_job_bytes
 from workers.processes import ChildWorker, device_facts
 from workers.runner import run_job
@@ -65,7 +63,7 @@ class _Queued:
         return estimate_job_bytes(self.spec.variant, self.spec.hyperparameters)
 
 
-class LocalBackend(Backend):
+class LocalBackend(FusedGroupServing, Backend):
     name = "local"
 
     def __init__(
@@ -175,14 +173,6 @@ class LocalBackend(Backend):
     def submit(self, spec: JobSpec) -> None:
         with self._cond:
             self._queue.append(_Queued(spec))
-            self._cond.notify_all()
-
-    def fuses(self, variant: str) -> bool:
-        return variant in FUSED
-
-    def submit_group(self, specs: list[JobSpec]) -> None:
-        with self._cond:
-            self._queue.append(FusedGroup(list(specs)))
             self._cond.notify_all()
 
     def cancel(self, job_id: str) -> CancelResult:
@@ -338,71 +328,7 @@ class LocalBackend(Backend):
             with self._cond:
                 del self._running[job_id]
 
-    # -- fused groups (workers.fused) -------------------------------------------------------
-    def _serve_group(self, group: FusedGroup, device: str, child: ChildWorker | None) -> None:
-        """Run a fused group: check it may fuse here, wait for memory, say each run started,
-        then train them as one; a group that may not fuse goes back as plain jobs."""
-        specs = [replace(spec, device=device) for spec in group.specs]
-        facts = child.facts if child is not None and child.facts else None
-        environment = {**(facts or device_facts(device)), "fused_runs": len(specs)}
-        if device == "cpu":
-            environment["threads"] = 1  # a fused group runs on one thread (fused.batch)
-
-        def started() -> None:
-            for spec in specs:
-                self._emit(Started(spec.job_id, device, environment))
-
-        def finish(finished: Finished) -> None:
-            with self._cond:
-                if self._stopping and finished.status == RunOutcome.cancelled:
-                    finished = replace(finished, status=RunOutcome.interrupted)
-            self._emit(finished)
-            with self._cond:
-                self._running.pop(finished.job_id, None)
-
-        try:
-            refused = self._wait_for_memory(group, device, child) if device != "cpu" else None
-            if refused is not None:
-                for spec in specs:
-                    finish(replace(refused, job_id=spec.job_id))
-                return
-            if child is not None:
-                why = child.run_group(
-                    specs, self._emit, finish, started, group.flags(), self._timeout_s,
-                    self._flush_seconds,
-                )  # fmt: skip
-            else:
-                why = fusion_refused(specs)
-                if why is None:
-                    started()
-                    sinks = [
-                        lambda first, values, job_id=spec.job_id: self._emit(
-                            LossBatch(job_id, first, values)
-                        )
-                        for spec in specs
-                    ]
-                    run_fused(
-                        specs, FUSED[specs[0].variant], sinks, finish, group.flags(),
-                        self._timeout_s, self._flush_seconds,
-                    )  # fmt: skip
-        except Exception as exc:  # the worker outlives any one group
-            log.exception("fused group of %s failed outside its run", group.job_id)
-            why = None
-            for job_id in group.job_ids:
-                if job_id in self._running:
-                    finish(
-                        Finished(
-                            job_id,
-                            RunOutcome.failed,
-                            0,
-                            ErrorCode.internal,
-                            f"{type(exc).__name__}: {exc}"[:500],
-                        )  # fmt: skip
-                    )
-        if why is not None:
-            log.info("runs %s run one by one: %s", ", ".join(group.job_ids), why)
-            self._unfuse(group)
-
+    # -- fused groups (the rest in workers.fused.serving) ----------------------------------
     def _unfuse(self, group: FusedGroup) -> None:
         """Put a group's runs back at the head of the queue as plain jobs (a run cancelled
         meanwhile ends here instead)."""

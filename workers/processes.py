@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import threading
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome
+from workers.fused.child import FusedGroupChild, RunGroup, run_group_in_child
 from workers.fused.groups import MAX_FUSED_RUNS
 from workers.recorder import LossSink
 
@@ -49,72 +49,6 @@ class _Ready:
 class _Memory:
     free: int | None
     total: int | None
-
-
-# A fused group (workers.fused): to the child _RunGroup; from it _GroupRefused (it may not fuse
-# here: the runs go back to the queue), or _GroupAccepted, the runs' LossBatch and Finished
-# messages, then _GroupDone. Each run's cancel is a byte of a shared array.
-@dataclass(frozen=True)
-class _RunGroup:
-    specs: list[JobSpec]
-    timeout_s: float | None
-    flush_seconds: float
-
-
-@dataclass(frozen=True)
-class _GroupRefused:
-    reason: str
-
-
-@dataclass(frozen=True)
-class _GroupAccepted:
-    pass
-
-
-@dataclass(frozen=True)
-class _GroupDone:
-    pass
-
-
-class _ArrayFlag:
-    """Run i's cancel flag: a byte of a shared array, read with a plain load."""
-
-    def __init__(self, array: Any, i: int):
-        self._array, self._i = array, i
-
-    def is_set(self) -> bool:
-        return bool(self._array[self._i])
-
-
-def _run_group(conn: Connection, message: _RunGroup, run_cancels: Any) -> None:
-    """In the child: check that the group may fuse, then train it (workers.fused)."""
-    from workers.fused import FUSED
-    from workers.fused.batch import run_fused
-    from workers.fused.check import fusion_refused
-
-    try:
-        refused = fusion_refused(message.specs)
-    except Exception as exc:  # a check that cannot run is a no
-        refused = f"the check failed: {type(exc).__name__}: {exc}"[:500]
-    if refused is not None:
-        conn.send(_GroupRefused(refused))
-        return
-    conn.send(_GroupAccepted())
-    sinks = [
-        lambda first, values, job_id=spec.job_id: conn.send(LossBatch(job_id, first, values))
-        for spec in message.specs
-    ]
-    flags = [_ArrayFlag(run_cancels, i) for i in range(len(message.specs))]
-    run_fused(
-        message.specs,
-        FUSED[message.specs[0].variant],
-        sinks,
-        conn.send,
-        flags,
-        message.timeout_s,
-        message.flush_seconds,
-    )
-    conn.send(_GroupDone())
 
 
 class SharedFlag:
@@ -165,8 +99,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
         if isinstance(message, _AskMemory):
             conn.send(_Memory(*_device_memory(device)))
             continue
-        if isinstance(message, _RunGroup):
-            _run_group(conn, message, run_cancels)
+        if isinstance(message, RunGroup):  # several runs as one (workers.fused)
+            run_group_in_child(conn, message, run_cancels)
             continue
         job_id = message.spec.job_id
 
@@ -241,7 +175,7 @@ def _warm_up(device: str) -> None:
         run_job(JobSpec(name, hp, 0, device), lambda first, values: None)
 
 
-class ChildWorker:
+class ChildWorker(FusedGroupChild):
     """One child process, driven by one worker thread."""
 
     def __init__(self, device: str, threads: int):
@@ -335,55 +269,6 @@ class ChildWorker:
                 ErrorCode.internal,
                 f"the worker process died ({self._reap()})",
             )
-
-    def run_group(
-        self,
-        specs: list[JobSpec],
-        emit: Callable[[LossBatch], None],
-        finish: Callable[[Finished], None],
-        started: Callable[[], None],
-        cancels: Sequence[Any],
-        timeout_s: float | None,
-        flush_seconds: float,
-    ) -> str | None:
-        """Run a fused group in the child: `started()` once it takes the group, each run's
-        losses to `emit` and its end to `finish`. Returns why the group may not fuse here
-        (nothing ran), or None."""
-        conn = self._ensure()
-        flags = self._run_cancels
-        for i in range(len(specs)):
-            flags[i] = 0
-        conn.send(_RunGroup(specs, timeout_s, flush_seconds))
-        delivered: dict[str, int] = {}
-        ended: set[str] = set()
-        try:
-            while True:
-                for i, cancel in enumerate(cancels):  # a cancel reaches the child while it trains
-                    if not flags[i] and cancel.is_set():
-                        flags[i] = 1
-                if not conn.poll(0.05):
-                    continue
-                message = conn.recv()
-                if isinstance(message, LossBatch):
-                    delivered[message.job_id] = message.end_step
-                    emit(message)
-                elif isinstance(message, Finished):
-                    ended.add(message.job_id)
-                    finish(message)
-                elif isinstance(message, _GroupAccepted):
-                    started()
-                elif isinstance(message, _GroupRefused):
-                    return message.reason
-                else:
-                    assert isinstance(message, _GroupDone), message
-                    return None
-        except (EOFError, OSError):
-            why = f"the worker process died ({self._reap()})"
-            for spec in specs:
-                if spec.job_id not in ended:
-                    steps = delivered.get(spec.job_id, 0)
-                    finish(Finished(spec.job_id, RunOutcome.failed, steps, ErrorCode.internal, why))
-            return None
 
     def _reap(self) -> str:
         """Wait for a child whose pipe broke, close it, and say how it ended."""
