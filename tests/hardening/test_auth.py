@@ -48,11 +48,23 @@ def v1_operations(client: httpx.Client) -> set[tuple[str, str]]:
     return {(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1") for m in ops}
 
 
-def request(client: httpx.Client, method: str, path: str, job_id: str, **kw: Any) -> httpx.Response:
-    body = {"variant": "numpy", "hyperparameters": {"steps": 3}} if method == "POST" else None
+def request(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    job_id: str,
+    sweep_id: str = "{sweep_id}",
+    **kw: Any,
+) -> httpx.Response:
+    body: dict[str, Any] | None = None
+    if method == "POST":
+        body = {"variant": "numpy", "hyperparameters": {"steps": 3}}
+        if path == "/v1/sweeps":
+            body["grid"] = {"seed": [1]}
     if path.endswith("/cancel"):
         body = None
-    return client.request(method, path.replace("{job_id}", job_id), json=body, **kw)
+    path = path.replace("{job_id}", job_id).replace("{sweep_id}", sweep_id)
+    return client.request(method, path, json=body, **kw)
 
 
 def test_every_v1_route_answers_401_without_the_right_token(
@@ -93,17 +105,38 @@ def test_every_v1_route_answers_with_the_token(
         ("GET", "/v1/jobs/{job_id}/events"): 200,
         ("POST", "/v1/jobs/{job_id}/cancel"): 202,
         ("DELETE", "/v1/jobs/{job_id}"): 204,
+        ("GET", "/v1/sweeps"): 200,
+        ("POST", "/v1/sweeps"): 201,
+        ("GET", "/v1/sweeps/{sweep_id}"): 200,
+        ("GET", "/v1/sweeps/{sweep_id}/events"): 200,
+        ("POST", "/v1/sweeps/{sweep_id}/cancel"): 202,
+        ("DELETE", "/v1/sweeps/{sweep_id}"): 204,
     }
     assert v1_operations(authed) == set(expected), "a route this test does not know"
-    # a job to cancel, then delete
+    # a job and a sweep to cancel, then delete; a finished sweep to read
     running = str(submit(authed, "tensors", hp=LONG, seed=2, device="cpu")["id"])
     wait_for(lambda: authed.get(f"/v1/jobs/{running}").json()["status"] == "running")
+    sweeps = {
+        name: authed.post(
+            "/v1/sweeps", json={"variant": variant, "hyperparameters": hp, "grid": {"seed": [3]}}
+        ).json()["id"]
+        for name, variant, hp in (("done", "numpy", {"steps": 3}), ("running", "tensors", LONG))
+    }
+
+    def sweep_status(name: str) -> str:
+        return str(authed.get(f"/v1/sweeps/{sweeps[name]}").json()["status"])
+
+    wait_for(lambda: sweep_status("done") == "succeeded" and sweep_status("running") == "running")
     for (method, path), status in expected.items():
         job_id = running if method in ("POST", "DELETE") and "{job_id}" in path else finished_job
-        response = request(authed, method, path, job_id)
+        mutates = method in ("POST", "DELETE") and "{sweep_id}" in path
+        sweep_id = sweeps["running" if mutates else "done"]
+        response = request(authed, method, path, job_id, sweep_id)
         assert response.status_code == status, (method, path, response.text)
-        if path.endswith("/cancel"):
+        if path == "/v1/jobs/{job_id}/cancel":
             assert wait_final(authed, running)["status"] == "cancelled"
+        if path == "/v1/sweeps/{sweep_id}/cancel":
+            wait_for(lambda: sweep_status("running") == "cancelled")
     # the query token, as a browser's EventSource sends it
     with server.client() as client:
         events = client.get(f"/v1/jobs/{finished_job}/events", params={"access_token": TOKEN})
