@@ -91,7 +91,10 @@ class Server:
 
     @property
     def database_url(self) -> str:
-        """The store: the SQLite file in data_dir, or a PostgreSQL database named after it."""
+        """The store: as the server was told, else the SQLite file in data_dir, or a PostgreSQL
+        database named after it."""
+        if "TRAINWIRE_DATABASE_URL" in self.env:
+            return self.env["TRAINWIRE_DATABASE_URL"]
         if POSTGRES is None:
             return f"sqlite:///{self.db_path}"
         name = "tw_" + hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16]
