@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = EventHub()
         service = JobService(settings, store, hub, make_backend(settings))
         app.state.hub, app.state.store, app.state.service = hub, store, service
-        app.state.streams = EventStreams(store, hub)
+        app.state.streams = streams = EventStreams(store, hub, settings.stream_stall_seconds)
         app.state.losses = LossReader(store)
         await run_in_threadpool(service.start)
         # what start-up built (modules, routes, schemas) lives as long as the process: keep it
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             restore_signals()
             hub.close()
+            streams.close()
             await run_in_threadpool(service.stop)
             await run_in_threadpool(store.close)
 

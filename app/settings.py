@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     flush_seconds: float = Field(
         0.02, gt=0, description="Longest a step's loss waits before it is handed out."
     )
+    stream_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An event stream whose reader takes nothing for this long is closed (the "
+        "reader resumes later with Last-Event-ID).",
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
 
     @field_validator("api_token", mode="before")

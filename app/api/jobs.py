@@ -6,12 +6,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from fastapi.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import LossesOf, Service, Streams
 from app.errors import InvalidField
 from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
+from app.stream import EventStreamResponse
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -186,8 +186,9 @@ async def job_events(
                 ("header", "last-event-id"), "must be the id of a loss event (a step)"
             ) from None
     stream = await streams.events(job_id, start)
-    return EventSourceResponse(
+    return EventStreamResponse(
         stream,
+        stall_seconds=streams.stall_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # close the stream's generator (and its subscription) even if the client vanished
         background=BackgroundTask(stream.aclose),  # type: ignore[attr-defined]
