@@ -129,6 +129,15 @@ class Server:
         finally:
             engine.dispose()
 
+    def execute(self, sql: str, **params: Any) -> None:
+        """Change the server's store directly (as a fault would), and commit."""
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
     def _create_database(self) -> None:
         name = make_url(self.database_url).database
         admin = create_engine(POSTGRES or "", poolclass=NullPool, isolation_level="AUTOCOMMIT")

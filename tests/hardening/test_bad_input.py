@@ -7,6 +7,7 @@ part of its log written for that request must hold no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -297,3 +298,18 @@ def test_out_of_range_integers_get_a_4xx_or_an_empty_page(
         assert response.text.count("event: status") == 2, response.text
     log = log_of_request(shared_server, start, f"range-{bad.name.replace(' ', '-')}")
     assert "Traceback" not in log, log
+
+
+def test_concurrent_deletes_of_one_job_delete_it_once(client: httpx.Client) -> None:
+    job = submit(client, "numpy", hp={"steps": 3}, seed=5)
+    wait_final(client, job["id"])
+
+    async def deletes() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as aclient:
+            answers = await asyncio.gather(
+                *(aclient.delete(f"/v1/jobs/{job['id']}") for _ in range(20))
+            )
+        return [a.status_code for a in answers]
+
+    codes = asyncio.run(deletes())
+    assert codes.count(204) == 1 and codes.count(404) == 19, codes

@@ -123,3 +123,32 @@ def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
     assert len(statuses) >= 2
     seen = [json.loads(d)["step"] for e, d in subscriber.events if e == "loss"]
     assert seen == list(range(n))  # every step once, in order, across the replay and live parts
+
+
+def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
+    make_server: Callable[..., Server],
+) -> None:
+    first = make_server(TRAINWIRE_CPU_WORKERS="1")
+    with first.client() as client:
+        long = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{long}").json()["step"] >= KILL_AFTER_STEP, 60)
+    first.kill()
+    # a store that lost rows in the middle (and whose job row claims more than it holds)
+    first.execute(
+        "DELETE FROM losses WHERE step BETWEEN 500 AND 520 "
+        "AND job_pk = (SELECT pk FROM jobs WHERE id = :id)",
+        id=long,
+    )
+    first.execute("UPDATE jobs SET step = step + 1000 WHERE id = :id", id=long)
+
+    second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
+    with second.client() as client:
+        rerun = wait_for(
+            lambda: (j := client.get(f"/v1/jobs/{long}").json())["status"] in FINAL and j, 90
+        )
+        assert rerun["status"] == "succeeded" and rerun["step"] == CURVE["steps"]
+        reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 90)
+        steps, losses = all_losses(client, long)
+        assert steps == list(range(CURVE["steps"]))
+        assert losses == all_losses(client, reference)[1]

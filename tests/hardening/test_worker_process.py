@@ -35,7 +35,7 @@ def test_a_killed_worker_process_fails_its_job_and_is_replaced(make_server) -> N
         failed = wait_final(client, long["id"])
         assert failed["status"] == "failed"
         assert failed["error"]["code"] == "internal"
-        assert "worker process died" in failed["error"]["message"]
+        assert failed["error"]["message"] == "the worker process died (killed by SIGKILL)"
         stored = client.get(f"/v1/jobs/{long['id']}/losses").json()["steps"]
         assert stored == list(range(len(stored)))  # what reached the store stays, contiguous
 
@@ -43,3 +43,17 @@ def test_a_killed_worker_process_fails_its_job_and_is_replaced(make_server) -> N
         assert wait_final(client, after["id"])["status"] == "succeeded"
         assert client.get("/readyz").status_code == 200
     assert "Traceback" not in server.log()
+
+
+def test_a_stopped_worker_process_makes_the_server_not_ready(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(TRAINWIRE_CPU_WORKERS="1")
+    assert server.process is not None
+    with server.client() as client:
+        (worker,) = wait_for(lambda: spawned_children(server.process.pid), timeout=30)
+        os.kill(worker, signal.SIGSTOP)  # it would hold the next job forever
+        try:
+            wait_for(lambda: client.get("/readyz").status_code == 503)
+            assert "worker" in client.get("/readyz").json()["reason"]
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: client.get("/readyz").status_code == 200)
