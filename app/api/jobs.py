@@ -18,6 +18,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_STEP = 2**53  # steps are far fewer; bounds keep every value an SQL integer
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
+_STORE_UNWRITABLE: dict[str, Any] = {
+    "description": "The job store cannot write now (a full disk, a database that went away); "
+    "training pauses until it can. See Retry-After."
+}
 
 
 @router.post(
@@ -30,6 +34,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with
         400: {"description": "The body is not UTF-8 text."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
         429: {"description": "The queue is full; see Retry-After."},
+        503: _STORE_UNWRITABLE,
     },
 )
 async def submit_job(job: JobCreate, service: Service, response: Response) -> Job:
@@ -69,7 +74,11 @@ async def get_job(job_id: str, service: Service) -> Job:
     "/{job_id}/cancel",
     status_code=202,
     summary="Cancel a queued or running job",
-    responses={**_NOT_FOUND, 409: {"description": "The job is already final."}},
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is already final."},
+        503: _STORE_UNWRITABLE,
+    },
 )
 async def cancel_job(job_id: str, service: Service) -> Job:
     """A queued job is cancelled at once; a running one stops before its next step (its
@@ -81,7 +90,11 @@ async def cancel_job(job_id: str, service: Service) -> Job:
     "/{job_id}",
     status_code=204,
     summary="Delete a final job and its losses",
-    responses={**_NOT_FOUND, 409: {"description": "The job is queued or running."}},
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is queued or running."},
+        503: _STORE_UNWRITABLE,
+    },
 )
 async def delete_job(job_id: str, service: Service) -> Response:
     await service.delete(job_id)
