@@ -32,6 +32,8 @@ from workers.runner import run_job
 
 log = logging.getLogger(__name__)
 
+RESTART_PAUSE = 30.0  # seconds between tries to replace an idle worker's process that failed
+
 # messages held for the consumer before the workers wait: ~20 ms batches, so seconds of training
 MAX_PENDING_MESSAGES = 4096
 
@@ -208,7 +210,10 @@ class LocalBackend(Backend):
         # blocks while the consumer is behind: that is the back-pressure on training
         self._messages.put(message)
 
-    def _take(self, device: str) -> _Queued | None:
+    def _take(self, device: str, child: ChildWorker | None) -> _Queued | None:
+        """The next job for `device`; None once stopping. While idle, a child process that
+        died is replaced at once (not when the next job comes), so that readiness comes back."""
+        next_restart = 0.0
         with self._cond:
             while not self._stopping:
                 for i, item in enumerate(self._queue):
@@ -217,7 +222,17 @@ class LocalBackend(Backend):
                         del self._queue[i]
                         self._running[item.job_id] = item
                         return item
-                self._cond.wait()
+                self._cond.wait(timeout=1.0 if child is not None else None)
+                if child is not None and child.exited and time.monotonic() >= next_restart:
+                    self._cond.release()
+                    try:
+                        log.warning("the worker process for %s is gone; starting another", device)
+                        child.ready()
+                    except Exception:  # tried again in a while, and by the next job
+                        log.exception("restarting the worker process for %s failed", device)
+                        next_restart = time.monotonic() + RESTART_PAUSE
+                    finally:
+                        self._cond.acquire()
             return None
 
     def _wait_for_memory(
@@ -269,7 +284,7 @@ class LocalBackend(Backend):
     def _serve(self, device: str, child: ChildWorker | None) -> None:
         run: Callable[..., Finished] = child.run if child is not None else run_job
         while True:
-            item = self._take(device)
+            item = self._take(device, child)
             if item is None:
                 return
             spec = replace(item.spec, device=device)

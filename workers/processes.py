@@ -282,6 +282,12 @@ class ChildWorker:
         return f"exit code {code}"
 
     @property
+    def exited(self) -> bool:
+        """The child was started and is gone (a stopped one has not exited)."""
+        process = self._process
+        return process is None or not process.is_alive()
+
+    @property
     def alive(self) -> bool:
         """The child runs and is not stopped (a SIGSTOPped child would hold its job forever)."""
         process = self._process
