@@ -72,6 +72,15 @@ def test_resuming_at_or_past_the_end_sends_only_the_statuses(
     assert stream.statuses[-1]["status"] == "succeeded"
 
 
+@pytest.mark.parametrize(("last_event_id", "first_step"), [("-1", 0), ("0", 1), ("017", 18)])
+def test_a_last_event_id_of_minus_one_or_digits_is_taken(
+    client: httpx.Client, finished_job: dict[str, Any], last_event_id: str, first_step: int
+) -> None:
+    stream = read_events(client, finished_job["id"], headers={"Last-Event-ID": last_event_id})
+    stream.assert_complete(first_step=first_step, final_status="succeeded")
+    assert stream.losses == finished_job["losses"][first_step:]
+
+
 def test_a_last_event_id_that_is_not_a_step_is_422(
     client: httpx.Client, finished_job: dict[str, Any]
 ) -> None:

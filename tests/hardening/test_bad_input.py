@@ -190,6 +190,16 @@ CASES = [
         ("header", "last-event-id"),
         **{"Last-Event-ID": "1.5"},
     ),
+    # Python's int() takes each of these; an event id is -1 or digits, nothing else
+    *(
+        get(
+            f"Last-Event-ID {value}",
+            "/v1/jobs/{job}/events",
+            ("header", "last-event-id"),
+            **{"Last-Event-ID": value},
+        )
+        for value in ["1_7", "+17", "-0", "-2", "-01", "0x11", "1e3"]
+    ),
 ]
 
 # Integers past SQLite's 64 bits reach the store and fail there (see the reason): the correct
