@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import health, jobs, pages, variants
 from app.api.deps import require_token
+from app.body_limit import BodyLimit
 from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound
 from app.hub import EventHub
 from app.server import end_streams_on_stop_signals, redact_tokens_in_logs
@@ -79,9 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    # not FastAPI's max_body_size, whose 413 is plain text when the body has a Content-Length
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

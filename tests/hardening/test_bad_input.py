@@ -307,3 +307,24 @@ def test_out_of_range_integers_get_a_4xx_or_an_empty_page(
         assert response.text.count("event: status") == 2, response.text
     log = log_of_request(shared_server, start, f"range-{bad.name.replace(' ', '-')}")
     assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_is_a_json_413_however_it_is_framed(
+    shared_server: Server, framing: str
+) -> None:
+    payload = b'{"variant": "numpy", "label": "' + b"x" * (1 << 20) + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(payload), 64 << 10):
+            yield payload[start : start + (64 << 10)]
+
+    content = payload if framing == "content-length" else chunks()
+    with shared_server.client() as client:
+        response = client.post(
+            "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 413, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = strict_json(response.text)["detail"]
+    assert isinstance(detail, str) and detail
