@@ -328,3 +328,28 @@ def test_a_body_over_the_limit_is_a_json_413_however_it_is_framed(
     assert response.headers["content-type"] == "application/json"
     detail = strict_json(response.text)["detail"]
     assert isinstance(detail, str) and detail
+
+
+@pytest.mark.parametrize("where", ["top level", "hyperparameters"])
+def test_a_body_with_thousands_of_errors_gets_a_short_422(
+    shared_server: Server, where: str
+) -> None:
+    """60,000 unknown keys fit in a 1 MiB body; the answer lists the first few and a count."""
+    unknown = {f"k{i}": 0 for i in range(60_000)}
+    payload: dict[str, Any] = {"variant": "numpy"}
+    if where == "top level":
+        payload.update(unknown)
+    else:
+        payload["hyperparameters"] = unknown
+    with shared_server.client() as client:
+        response = client.post("/v1/jobs", json=payload)
+    assert response.status_code == 422
+    assert len(response.content) < 64 << 10, len(response.content)
+    detail = strict_json(response.text)["detail"]
+    listed, rest = detail[:-1], detail[-1]
+    assert len(listed) == 50
+    assert all(error["type"] == "extra_forbidden" for error in listed)
+    assert listed[0]["loc"][-1] == "k0"
+    assert rest["type"] == "too_many_errors"
+    assert "59,950 more" in rest["msg"]
+    assert rest["loc"] == listed[0]["loc"][:1]
