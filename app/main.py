@@ -48,7 +48,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    redact_tokens_in_logs()  # `uvicorn app.main:app` logs requests too
+    redact_tokens_in_logs(settings.api_token)  # `uvicorn app.main:app` logs requests too
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -149,6 +149,65 @@ def test_token_never_reaches_the_log(server: Server, authed: httpx.Client) -> No
     assert f"/v1/jobs/{job_id}/events?after=0&access_token=[redacted]" in log
 
 
+def percent_encoded(text: str, lower: bool = False) -> str:
+    """Every character of `text` as %XX: a spelling that decodes to `text`."""
+    encoded = "".join(f"%{b:02X}" for b in text.encode())
+    return encoded.lower() if lower else encoded
+
+
+# Query strings that carry the token, as sent: the spellings Starlette decodes to
+# `access_token` (percent-encoded names, any case of hex digit), and mistakes that do not reach
+# the token check but still put the token in the URL (other cases, `;` or a second `?` as a
+# separator, other names, the token alone or percent-encoded, the token in the path).
+SPELLINGS = [
+    "access_token={token}",
+    "access%5ftoken={token}",
+    "%61ccess_token={token}",
+    percent_encoded("access_token", lower=True) + "={token}",
+    "after=0&access_token={encoded_token}",
+    "ACCESS_TOKEN={token}",
+    "Access_Token={token}",
+    "access-token={token}",
+    "accessToken={token}",
+    "token={token}",
+    "api_key={token}",
+    "Authorization=Bearer+{token}",
+    "after=0;access_token={token}",
+    "after=0?access_token={token}",
+    "after=0&access_token={token};after=1",
+    "q={token}",
+    "{token}",
+    "q={encoded_token}",
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_no_spelling_of_the_query_token_reaches_the_log(server: Server, spelling: str) -> None:
+    query = spelling.format(token=TOKEN, encoded_token=percent_encoded(TOKEN))
+    marker = f"/healthz?spelling-{SPELLINGS.index(spelling)}"
+    with server.client() as client:
+        start = len(server.log())
+        client.get(f"/v1/jobs?{query}")
+        client.get(f"/v1/variants?{query}")
+        assert client.get(marker).status_code == 200
+    log = str(wait_for(lambda: marker in server.log()[start:] and server.log()[start:], 10))
+    assert "/v1/jobs?" in log and "/v1/variants?" in log, log
+    for shown in (TOKEN, percent_encoded(TOKEN), percent_encoded(TOKEN, lower=True)):
+        assert shown not in log, log
+    assert TOKEN.lower() not in log.lower()
+
+
+def test_a_token_in_the_path_does_not_reach_the_log(server: Server) -> None:
+    with server.client() as client:
+        start = len(server.log())
+        assert client.get(f"/v1/jobs/{TOKEN}").status_code == 401
+        assert client.get(f"/v1/jobs/{percent_encoded(TOKEN)}/losses").status_code == 401
+        assert client.get("/healthz?path-token").status_code == 200
+    log = str(wait_for(lambda: "path-token" in server.log()[start:] and server.log()[start:], 10))
+    assert TOKEN.lower() not in log.lower(), log
+    assert percent_encoded(TOKEN) not in log, log
+
+
 def test_cors_allows_the_configured_origin(server: Server) -> None:
     with server.client() as client:
         preflight = client.options(
