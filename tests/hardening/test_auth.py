@@ -134,6 +134,19 @@ def test_schema_declares_an_http_bearer_scheme_on_every_v1_route(server: Server)
                 assert not names, (method, path)
 
 
+def test_without_a_token_the_schema_asks_for_none(shared_server: Server) -> None:
+    """A server with no token takes every request without one: its schema must not say
+    otherwise, or a client generated from it sends a header that means nothing."""
+    with shared_server.client() as client:
+        schema = client.get("/openapi.json").json()
+        assert client.get("/v1/jobs").status_code == 200
+    assert not schema.get("components", {}).get("securitySchemes")
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert not operation.get("security"), (method, path)
+            assert "401" not in operation["responses"], (method, path)
+
+
 def test_token_never_reaches_the_log(server: Server, authed: httpx.Client) -> None:
     job_id = str(submit(authed, "numpy", hp={"steps": 3}, seed=3)["id"])
     wait_final(authed, job_id)
