@@ -17,6 +17,7 @@ from app.api import health, jobs, pages, variants
 from app.api.deps import require_token
 from app.api.errors import add_error_handlers
 from app.backends import make_backend
+from app.body_limit import BodyLimit
 from app.hub import EventHub
 from app.losses import LossReader
 from app.server import end_streams_on_stop_signals, redact_tokens_in_logs
@@ -46,7 +47,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    redact_tokens_in_logs()  # `uvicorn app.main:app` logs requests too
+    redact_tokens_in_logs(settings.api_token)  # `uvicorn app.main:app` logs requests too
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,9 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    # not FastAPI's max_body_size, whose 413 is plain text when the body has a Content-Length
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -92,9 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "Retry-After"],
         )
-    auth = [Depends(require_token)]
-    app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
-    app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
+    # the schema says what the server does: bearer auth and its 401 only when a token is set
+    guarded = settings.api_token is not None
+    auth = [Depends(require_token)] if guarded else []
+    unauthorized = UNAUTHORIZED if guarded else None
+    app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=unauthorized)
+    app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=unauthorized)
     app.include_router(health.router)
     pages.mount_pages(app)
     add_error_handlers(app)

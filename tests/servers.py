@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -51,6 +52,18 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _preexec(address_space: int | None) -> Callable[[], None]:
+    """What the server's process runs before it starts: die with the test process, and cap its
+    address space (RLIMIT_AS, inherited by its worker processes) when asked."""
+
+    def preexec() -> None:
+        _die_with_parent()
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    return preexec
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +93,8 @@ class Server:
     log_path: Path | None = None
     # what runs after `python`, before `--port N`: `trainwire serve` unless told otherwise
     command: tuple[str, ...] = ("-m", "app.cli", "serve")
+    # bytes of address space the server and its worker processes may map (None: no cap)
+    address_space: int | None = None
 
     @property
     def url(self) -> str:
@@ -164,7 +179,7 @@ class Server:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_preexec(self.address_space),
             )
         deadline = time.monotonic() + timeout
         while True:

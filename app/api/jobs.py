@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -16,6 +17,7 @@ from app.stream import EventStreamResponse
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_STEP = 2**53  # steps are far fewer; bounds keep every value an SQL integer
+_EVENT_ID = re.compile(r"-1|[0-9]+")  # ASCII digits only (int() takes any Unicode digit)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 _STORE_UNWRITABLE: dict[str, Any] = {
@@ -188,16 +190,14 @@ async def job_events(
     live, every step exactly once and in order. Idle streams carry `: ping` comments."""
     start = after if after is not None else -1
     if last_event_id:
-        try:
-            # a browser reconnecting keeps its first URL's ?after=: the later position wins
-            resume = int(last_event_id)
-            if resume > MAX_STEP:
-                raise ValueError(resume)
-            start = max(start, resume)
-        except ValueError:
+        # an id this server sent (a step), or -1; int() would also take "1_7", "+17", "-0"
+        resume = int(last_event_id) if _EVENT_ID.fullmatch(last_event_id) else None
+        if resume is None or resume > MAX_STEP:
             raise InvalidField(
-                ("header", "last-event-id"), "must be the id of a loss event (a step)"
-            ) from None
+                ("header", "last-event-id"), "must be the id of a loss event (a step) or -1"
+            )
+        # a browser reconnecting keeps its first URL's ?after=: the later position wins
+        start = max(start, resume)
     stream = await streams.events(job_id, start)
     return EventStreamResponse(
         stream,

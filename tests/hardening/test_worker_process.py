@@ -26,7 +26,8 @@ def test_a_killed_worker_process_fails_its_job_and_is_replaced(make_server) -> N
     server: Server = make_server(TRAINWIRE_CPU_WORKERS="1")
     assert server.process is not None
     with server.client() as client:
-        long = submit(client, "tensors", hp={"steps": 200_000}, seed=1, device="cpu")
+        # the server's most steps: it is still running when its process is killed
+        long = submit(client, "tensors", hp={"steps": 1_000_000}, seed=1, device="cpu")
         wait_for(lambda: client.get(f"/v1/jobs/{long['id']}").json()["step"] > 0, timeout=60)
         workers = wait_for(lambda: spawned_children(server.process.pid), timeout=30)
         assert len(workers) == 1
