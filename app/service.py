@@ -17,13 +17,14 @@ from app.consumer import MessageConsumer, utcnow
 from app.errors import InvalidField, InvalidFields, JobFinal, JobNotFinal, JobNotFound, QueueFull
 from app.hub import EventHub
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
-from app.settings import Settings
+from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
 from trainwire.models import Job, JobCreate
 from workers.backend import Backend, DeviceUnavailable
 from workers.hyperparameters import HyperparameterError, parse_hyperparameters
+from workers.threads import recorded_threads
 from workers.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class JobService:
                 [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
             ) from None
         device = self._device(req.device, req.variant)
+        if req.threads is not None and req.threads > usable_cores():
+            raise InvalidField(
+                ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
+            )
         self.store.check_writable()
         # the room check and the reservation with no await between them: concurrent
         # submissions cannot all pass the check before any of them is queued
@@ -116,6 +121,8 @@ class JobService:
                         "steps": hp.steps,
                         "created_at": utcnow(),
                         "attempts": 0,
+                        # a pinned thread count is the run's from the start (workers.threads)
+                        "environment": None if req.threads is None else {"threads": req.threads},
                     }
                 )
             )
@@ -132,7 +139,10 @@ class JobService:
 
     def _enqueue(self, row: JobRow, hp: Hyperparameters, device: str) -> None:
         self.consumer.admit(row)
-        self.backend.submit(JobSpec(row.variant, hp, row.seed, device, job_id=row.id))
+        threads = recorded_threads(row.environment)  # pinned, or what an earlier run used
+        self.backend.submit(
+            JobSpec(row.variant, hp, row.seed, device, job_id=row.id, threads=threads)
+        )
 
     def retry_after(self) -> int:
         """Seconds until the queue has room again, from the work queued: a slot frees up every
