@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.consumer import MessageConsumer, utcnow
 from app.errors import InvalidField, InvalidFields, JobFinal, JobNotFinal, JobNotFound, QueueFull
 from app.hub import EventHub
+from app.metrics import JobMetrics
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
 from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
@@ -44,12 +45,19 @@ async def find_job(store: Store, job_id: str) -> JobRow:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, hub: EventHub, backend: Backend):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        hub: EventHub,
+        backend: Backend,
+        metrics: JobMetrics | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.hub = hub
         self.backend = backend
-        self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop())
+        self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop(), metrics)
         self._inserting = 0  # submissions between their room check and their enqueue
         self.ready = False
 
@@ -67,7 +75,7 @@ class JobService:
                 log.warning(
                     "job %s waits for a %s worker, which this server does not run", row.id, device
                 )
-            self._enqueue(row, hp, device)
+            self._enqueue(row, hp, device, recovered=True)
         self.consumer.start()
         self.backend.start()
         self.ready = True
@@ -137,8 +145,10 @@ class JobService:
         except DeviceUnavailable as exc:
             raise InvalidField(("body", "device"), str(exc)) from None
 
-    def _enqueue(self, row: JobRow, hp: Hyperparameters, device: str) -> None:
-        self.consumer.admit(row)
+    def _enqueue(
+        self, row: JobRow, hp: Hyperparameters, device: str, recovered: bool = False
+    ) -> None:
+        self.consumer.admit(row, recovered=recovered)
         threads = recorded_threads(row.environment)  # pinned, or what an earlier run used
         self.backend.submit(
             JobSpec(row.variant, hp, row.seed, device, job_id=row.id, threads=threads)

@@ -147,6 +147,8 @@ class Store:
         self._loss_room = threading.Semaphore(MAX_PENDING_LOSS_WRITES)
         self._closing = False
         self.unwritable: StoreUnwritable | None = None  # set while commits fail
+        # told the seconds of each committed transaction, on the writer's thread (metrics)
+        self.observe_commit: Callable[[float], None] = _ignore_seconds
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
@@ -295,7 +297,9 @@ class Store:
         gave_up_at: float | None = None
         while True:
             try:
+                began = time.perf_counter()
                 results = self._apply(batch)
+                self.observe_commit(time.perf_counter() - began)
                 break
             except Exception as exc:
                 if not cannot_write_now(exc):
@@ -419,6 +423,10 @@ class Store:
             if left is not None:
                 left -= len(steps)
             after = steps[-1]
+
+
+def _ignore_seconds(seconds: float) -> None:
+    pass
 
 
 def _job_by(conn: Connection, where: Any) -> JobRow | None:
