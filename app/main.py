@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
     app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
-    app.include_router(metrics_route.router, dependencies=auth, responses=UNAUTHORIZED)
+    app.include_router(metrics_route.router, dependencies=auth)
     app.include_router(health.router)
     pages.mount_pages(app)
     add_error_handlers(app)

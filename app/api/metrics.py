@@ -8,12 +8,8 @@ from prometheus_client.exposition import choose_encoder
 router = APIRouter(tags=["operations"])
 
 
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
+# not in the OpenAPI schema: it is for Prometheus, not for the API's users (docs/operations.md)
+@router.get("/metrics", response_class=Response, include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Jobs, steps, workers, streams, store commits and HTTP requests, for Prometheus to scrape
     (docs/operations.md). Behind the token, like /v1, when the server has one."""
