@@ -222,9 +222,9 @@ class MessageConsumer:
 
         def after(row: JobRow | None) -> None:
             if row is not None:
-                self.metrics.status_stored(row)
                 data = row.to_job().model_dump_json()
                 self.loop.call_soon_threadsafe(self.hub.publish_status, job_id, data, final)
+                self.metrics.status_stored(row)
             if then_release is not None:
                 self.forget(then_release)
 

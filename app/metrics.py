@@ -17,6 +17,7 @@ them) would otherwise collide ("Duplicated timeseries"). Counters start at 0 wit
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from app.hub import EventHub
     from app.store import JobRow, Store
     from workers.backend import Backend
+
+log = logging.getLogger(__name__)
 
 # created -> started: from an idle server's milliseconds to an hour in a long queue
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
@@ -96,7 +99,14 @@ class JobMetrics:
         return self.steps_total.labels(variant, device)
 
     def status_stored(self, row: JobRow) -> None:
-        """A job's new status is committed: its first start, or its end."""
+        """A job's new status is committed: its first start, or its end. Never raises: counting
+        must not stop the recording of jobs."""
+        try:
+            self._count(row)
+        except Exception:
+            log.exception("counting the status of job %s failed", row.id)
+
+    def _count(self, row: JobRow) -> None:
         if row.status == JobStatus.running and row.attempts == 1 and row.started_at:
             wait = _epoch(row.started_at) - _epoch(row.created_at)
             self.queue_wait.labels(row.variant).observe(max(0.0, wait))
