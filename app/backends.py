@@ -16,4 +16,5 @@ def make_backend(settings: Settings) -> Backend:
         timeout_s=settings.job_timeout_s,
         flush_seconds=settings.flush_seconds,
         processes=settings.worker_processes,
+        elastic_cores=settings.elastic_cores(),
     )

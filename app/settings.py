@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     )
     jobs_per_gpu: int = Field(1, ge=0, description="Worker threads per visible CUDA device.")
     threads_per_cpu_job: int = Field(
-        0, ge=0, description="torch/BLAS threads per CPU job; 0 = cores // cpu_workers (min 1)."
+        0,
+        ge=0,
+        description="torch/BLAS threads of every CPU job; 0 = elastic: each job gets the cores "
+        "free when it starts (a lone job all of them), fixed for its run.",
     )
     worker_processes: bool = Field(
         True,
@@ -97,3 +100,7 @@ class Settings(BaseSettings):
         if self.threads_per_cpu_job:
             return self.threads_per_cpu_job
         return max(1, usable_cores() // max(1, self.cpu_worker_count()))
+
+    def elastic_cores(self) -> int | None:
+        """The cores CPU jobs share as they start (workers.threads); None: a fixed count each."""
+        return None if self.threads_per_cpu_job else usable_cores()

@@ -87,6 +87,15 @@ class Backend(ABC):
     def slots(self) -> int:
         """Jobs that can run at once."""
 
+    def worker_states(self) -> list[tuple[str, str]]:
+        """(device, state) of each worker, state one of idle, busy, starting; for metrics.
+        Empty where the backend does not tell."""
+        return []
+
+    def worker_restarts(self) -> dict[str, int]:
+        """Per device, the worker processes started to replace one that died; for metrics."""
+        return {}
+
 
 def wait_finished(
     backend: Backend, count: int, timeout: float | None = None

@@ -74,6 +74,7 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
     from threadpoolctl import threadpool_limits
 
     from workers.runner import run_job
+    from workers.threads import ProcessThreads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when jobs stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -89,6 +90,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
     else:
         torch.cuda.set_device(torch.device(device))
     _warm_up(device)
+    threads_now = ProcessThreads()
+    threads_now.current = threads if device == "cpu" else None
     conn.send(_Ready(os.getpid(), device_facts(device)))
     while True:
         message = conn.recv()
@@ -97,6 +100,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int) -> Non
         if isinstance(message, _AskMemory):
             conn.send(_Memory(*_device_memory(device)))
             continue
+        if message.spec.threads is not None:  # the job's own count, set before it runs
+            threads_now.use(message.spec.threads)
         job_id = message.spec.job_id
 
         def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
@@ -180,6 +185,7 @@ class ChildWorker:
         self._conn: Connection | None = None
         self._cancel: Any = None
         self.facts: dict[str, Any] | None = None  # device_facts() of the running child
+        self.starts = 0  # child processes started: all but the first replaced one that died
 
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
@@ -198,6 +204,12 @@ class ChildWorker:
         finally:
             child.close()
         self._process, self._conn = process, parent
+        self.starts += 1
+
+    @property
+    def restarts(self) -> int:
+        """Child processes started to replace one that had died."""
+        return max(0, self.starts - 1)
 
     def ready(self) -> None:
         """Start the child and wait until it can take a job."""

@@ -101,6 +101,15 @@ class Store:
             self._lock = None
 
     @property
+    def observe_commit(self) -> Callable[[float], None]:
+        """Told the seconds of each committed transaction, on the writer's thread (metrics)."""
+        return self._writer.observe_commit
+
+    @observe_commit.setter
+    def observe_commit(self, observe: Callable[[float], None]) -> None:
+        self._writer.observe_commit = observe
+
+    @property
     def writable(self) -> bool:
         return self._writer.unwritable is None
 

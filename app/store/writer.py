@@ -85,6 +85,8 @@ class Writer:
         self._writes: queue.Queue[_Write | None] = queue.Queue()
         self._closing = False
         self.unwritable: StoreUnwritable | None = None  # set while commits fail
+        # told the seconds of each committed transaction, on the writer's thread (metrics)
+        self.observe_commit: Callable[[float], None] = _ignore_seconds
         self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -124,7 +126,9 @@ class Writer:
         gave_up_at: float | None = None
         while True:
             try:
+                began = time.perf_counter()
                 results = self._apply(batch)
+                self.observe_commit(time.perf_counter() - began)
                 break
             except Exception as exc:
                 if not cannot_write_now(exc):
@@ -193,3 +197,7 @@ class Writer:
             since = self.unwritable.since
             self.unwritable = None
             log.warning("job store writes again after %.1f s", time.monotonic() - since)
+
+
+def _ignore_seconds(seconds: float) -> None:
+    pass

@@ -28,10 +28,15 @@ def test_one_cpu_job_per_core_runs_at_once_by_default(
     server = make_server()
     assert "TRAINWIRE_CPU_WORKERS" not in server.env
     with server.client() as client:
+        # a lone job takes every core and the next ones wait for them (workers.threads): queue
+        # them all behind it, so that they start together when it ends
+        blocker = submit(client, "tensors", hp=ENDLESS, seed=99, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{blocker}").json()["status"] == "running")
         ids = [
             submit(client, "tensors", hp=ENDLESS, seed=i, device="cpu")["id"]
             for i in range(expected + 1)
         ]
+        assert client.post(f"/v1/jobs/{blocker}/cancel").status_code == 202
 
         def statuses() -> list[str] | None:
             now = [client.get(f"/v1/jobs/{i}").json()["status"] for i in ids]
@@ -39,8 +44,10 @@ def test_one_cpu_job_per_core_runs_at_once_by_default(
 
         now = wait_for(statuses, timeout=60)
         assert now == ["running"] * expected + ["queued"], now
-        threads = {client.get(f"/v1/jobs/{i}").json()["environment"]["threads"] for i in ids[:-1]}
-        assert threads == {max(1, cores // expected)}
+        threads = [client.get(f"/v1/jobs/{i}").json()["environment"]["threads"] for i in ids[:-1]]
+        # the cores shared among the jobs that started together, none left idle or oversold
+        assert min(threads) >= max(1, cores // expected)
+        assert sum(threads) == cores
         for job_id in ids:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         for job_id in ids:
