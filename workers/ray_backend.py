@@ -576,7 +576,7 @@ class RayBackend(Backend):
             _tell(slot.actor.cancel, item.job_id)
         delivered = 0
         try:
-            for message in self._read(slot, stream):
+            for message in self._read(slot, item.job_id, stream):
                 if isinstance(message, LossBatch):
                     delivered = message.end_step
                     self._emit(message)
@@ -596,12 +596,13 @@ class RayBackend(Backend):
             self._lost(item, slot, str(exc), delivered)
             return False
 
-    def _read(self, slot: _Slot, stream: Any) -> Any:
+    def _read(self, slot: _Slot, job_id: str, stream: Any) -> Any:
         """The stream's messages; raises _Lost when its actor or node is lost."""
         import ray
         from ray.exceptions import RayTaskError
 
         silent_since = time.monotonic()
+        received = 0  # steps
         while True:
             try:
                 ref = stream._next_sync(timeout_s=POLL_SECONDS)
@@ -611,7 +612,7 @@ class RayBackend(Backend):
                 raise _Lost(_describe(exc)) from None
             if ref.is_nil():
                 if time.monotonic() - silent_since > self.watchdog_s:
-                    self._check_alive(slot)
+                    self._check_alive(slot, job_id, received)
                     silent_since = time.monotonic()
                 continue
             try:
@@ -620,20 +621,27 @@ class RayBackend(Backend):
                 raise _Failed(_describe(exc)) from None
             except Exception as exc:  # the actor, its worker process or its node is gone
                 raise _Lost(_describe(exc)) from None
+            if isinstance(message, LossBatch):
+                received = message.end_step
+            yield message  # may wait long for a consumer behind a store that cannot write
             silent_since = time.monotonic()
-            yield message
 
-    def _check_alive(self, slot: _Slot) -> None:
-        """A stream silent for watchdog_s: its actor must answer a ping, else it is lost."""
+    def _check_alive(self, slot: _Slot, job_id: str, received: int) -> None:
+        """A stream silent for watchdog_s: its actor must answer a ping and still be on the job,
+        with no steps made that the stream did not bring (a stream can hang: ray#43914)."""
         import ray
 
+        silent = f"its stream was silent for {self.watchdog_s:g} s"
         try:
-            ray.get(slot.actor.ping.remote(), timeout=PING_TIMEOUT_S)
+            current, delivered = ray.get(
+                slot.actor.ping.remote(), timeout=min(PING_TIMEOUT_S, self.watchdog_s)
+            )
         except Exception as exc:
-            raise _Lost(
-                f"its stream was silent for {self.watchdog_s:g} s and its worker did not "
-                f"answer ({_describe(exc)})"
-            ) from None
+            raise _Lost(f"{silent} and its worker did not answer ({_describe(exc)})") from None
+        if current != job_id:
+            raise _Lost(f"{silent} and its worker is no longer running it")
+        if delivered > received:
+            raise _Lost(f"{silent} with steps {received}-{delivered - 1} made but not received")
 
     def _end(self, item: _Queued, finished: Finished) -> None:
         self._emit(finished)

@@ -9,6 +9,7 @@ module can check, by process, that none of them is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -256,18 +257,23 @@ def test_cancel_stops_a_running_job_and_drops_a_queued_one(client: httpx.Client)
     assert client.get(f"/v1/jobs/{queued['id']}").json()["step"] == 0
 
 
+def wait_step(client: httpx.Client, job_id: str, step: int) -> dict[str, Any]:
+    """The job once it has stored more than `step` steps (it must not end before)."""
+
+    def far_enough() -> dict[str, Any] | None:
+        now = client.get(f"/v1/jobs/{job_id}").json()
+        assert now["status"] in ("queued", "running"), now
+        return now if now["step"] > step else None
+
+    return dict(wait_for(far_enough))
+
+
 def test_a_node_lost_mid_run_costs_nothing(
     client: httpx.Client, cluster: Any, ray_server: Server
 ) -> None:
     job = submit(client, "nn", hp=LONG, seed=11)
     stream = StreamReader(client, job["id"])
-
-    def running_far_enough() -> dict[str, Any] | None:
-        now = client.get(f"/v1/jobs/{job['id']}").json()
-        assert now["status"] in ("queued", "running"), now
-        return now if now["step"] > 500 else None
-
-    before = wait_for(running_far_enough)
+    before = wait_step(client, job["id"], 500)
     lost = next(n for n in cluster.worker_nodes if n.node_id == before["environment"]["node"])
     cluster.remove_node(lost, allow_graceful=False)  # the host dies with its processes
 
@@ -287,6 +293,25 @@ def test_a_node_lost_mid_run_costs_nothing(
     cluster.add_node(**NODE)
     nodes = wait_nodes_ready(client, 2)
     assert lost.node_id not in {n["node"] for n in nodes}
+
+
+def test_a_worker_that_hangs_is_given_up_by_the_watchdog(client: httpx.Client) -> None:
+    job = submit(client, "nn", hp=LONG, seed=12)
+    stream = StreamReader(client, job["id"])
+    hung = wait_step(client, job["id"], 500)["environment"]["pid"]
+    os.kill(hung, signal.SIGSTOP)  # its stream goes silent, and it answers no ping
+    try:
+        done = wait_final(client, job["id"], timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert done["status"] == "succeeded", done
+    assert done["environment"]["pid"] != hung and done["attempts"] == 2
+    steps, losses = stored_losses(client, job["id"])
+    assert steps == list(range(LONG["steps"]))
+    assert losses == local_curve("nn", 12, **LONG)
+    assert stream.wait().steps == steps
+    wait_nodes_ready(client, 2)  # the hung worker's slot has a new actor
 
 
 def test_jobs_running_on_ray_survive_a_restart_of_the_service(
