@@ -2,10 +2,12 @@
 
 The cluster: `ray.cluster_utils.Cluster`, a head node and one worker node on 127.0.0.1 with one
 CPU each, so two slots of one torch thread each, started by this process with its files, auth
-token and (disabled) usage stats in a temporary folder, and removed at the end. The Ray server is
-`trainwire serve` with TRAINWIRE_BACKEND=ray as the cluster's driver; the baseline is a server
-with the local backend and the same split (2 CPU workers, 1 thread each). Both servers stay up
-for the whole benchmark (the one not measured idles), and the runs alternate between them.
+token and (disabled) usage stats in a temporary folder, and removed at the end. Its workers run
+at nice 0 (`RAY_worker_niceness=0`; Ray's default is 15), as the local backend's processes do.
+The Ray server is `trainwire serve` with TRAINWIRE_BACKEND=ray as the cluster's driver; the
+baseline is a server with the local backend and the same split (2 CPU workers, 1 thread each).
+Both servers stay up for the whole benchmark (the one not measured idles), and the runs alternate
+between them.
 
 Measured on both:
   1. POST → first loss event on an idle server (first_loss's sample: a 5-step `numpy` job);
@@ -56,13 +58,17 @@ def ray_cluster() -> Iterator[Any]:
     base = tempfile.mkdtemp(prefix="tw-bench-ray-", dir="/tmp")  # short: Ray's socket paths
     token = Path(base, "auth_token")
     token.write_text(secrets.token_hex(32))
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_TOKEN_PATH", MARK)}
-    os.environ.update(
-        RAY_TMPDIR=base,
-        RAY_AUTH_TOKEN_PATH=str(token),
-        RAY_USAGE_STATS_ENABLED="0",
-        **{MARK: f"{os.getpid()}-{time.monotonic_ns()}"},
-    )
+    settings = {
+        "RAY_TMPDIR": base,
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray starts its workers at nice 15; the local backend's processes run at 0: on a busy
+        # host the comparison would be of priorities, not of the backends
+        "RAY_worker_niceness": "0",
+        MARK: f"{os.getpid()}-{time.monotonic_ns()}",
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
