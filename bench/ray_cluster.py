@@ -105,8 +105,11 @@ def ray_processes(mark: str) -> dict[str, list[int]]:
             kind = Path(title).name
         elif any(s in b" ".join(argv) for s in (b"app.cli", b"multiprocessing")):
             continue  # the services and the local backend's workers, measured apart
+        elif Path(title).name.startswith("python"):  # log_monitor.py, monitor.py, ...
+            scripts = [a.decode(errors="replace") for a in argv[1:] if a.endswith(b".py")]
+            kind = Path(scripts[0]).name if scripts else "python"
         else:
-            kind = "other Ray processes (python)"
+            kind = Path(title).name
         kinds[kind].append(int(entry.name))
     return kinds
 
