@@ -70,6 +70,7 @@ def ray_env() -> Iterator[dict[str, str]]:
         "RAY_TMPDIR": base,
         "RAY_AUTH_TOKEN_PATH": os.path.join(base, "auth_token"),
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_worker_niceness": "0",  # Ray's default, 15, slows the jobs on a busy machine
         MARK: f"{os.getpid()}-{time.monotonic_ns()}",
     }
     with pytest.MonkeyPatch.context() as patch:
