@@ -11,7 +11,9 @@ between them.
 
 Measured on both:
   1. POST → first loss event on an idle server (first_loss's sample: a 5-step `numpy` job);
-  2. one 3000-step `tensors` job, POST → its final status event (overhead's run through the API);
+  2. one 3000-step `tensors` job, POST → its final status event (overhead's run through the API),
+     and the CPU time the service's own process spent meanwhile (the Ray driver receives the
+     streamed batches; the local server reads them from its workers' pipes);
   3. 500 default jobs, the eight variants in turn (small_jobs' run): jobs/s;
   4. memory: the service's RSS, and the RSS of the Ray processes by kind (GCS, raylets, the slot
      actors, the rest), from /proc.
@@ -171,7 +173,10 @@ def measure(
     try:
         for rep in range(reps):
             for name in ("ray", "local") if rep % 2 == 0 else ("local", "ray"):
-                out["wall"][name].append(overhead.api_run(clients[name], "tensors", steps))
+                cpu = servers[name].cpu_seconds()
+                run = overhead.api_run(clients[name], "tensors", steps)
+                run["cpu"] = servers[name].cpu_seconds() - cpu  # the service's own process
+                out["wall"][name].append(run)
     finally:
         for client in clients.values():
             client.close()
@@ -209,6 +214,12 @@ def report(
                 ms(median(walls["local"])),
                 ms(median(walls["ray"])),
                 f"{ratio:.3f}" + ("" if same else " (**last losses differ**)"),
+            ),
+            (
+                "· the service's CPU time during that job (median)",
+                ms(median([w["cpu"] for w in r["wall"]["local"]])),
+                ms(median([w["cpu"] for w in r["wall"]["ray"]])),
+                "",
             ),
             (
                 f"{jobs} default jobs: first POST → last finished_at",
