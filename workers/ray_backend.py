@@ -68,7 +68,12 @@ def connect(address: str | None, namespace: str, timeout: float = CONNECT_TIMEOU
     """Join the Ray cluster at `address` as its driver (None: start a Ray instance on this
     host); at once if this process is connected already. Raises RayUnavailable instead of
     waiting for a cluster that does not answer."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable(
+            "Ray: TRAINWIRE_BACKEND=ray needs Ray: pip install 'trainwire[ray]'"
+        ) from None
 
     with _Driver.lock:
         if ray.is_initialized():
