@@ -34,7 +34,8 @@ from workers.hyperparameters import Limits, parse_hyperparameters
 from workers.runner import run_job
 from workers.variants import VARIANTS
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# starting the cluster and the service's actors takes 20-60 s on 2 cores, in the first test's time
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
 MARK = "TRAINWIRE_TEST_RAY_PROCESS"
 NODE = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
@@ -374,12 +375,13 @@ def test_a_ray_instance_of_its_own_goes_with_the_service(
     token.write_text(secrets.token_hex(32))
     try:
         server = make_server(
+            start=False,
             TRAINWIRE_BACKEND="ray",
             TRAINWIRE_THREADS_PER_CPU_JOB="1",
             RAY_TMPDIR=own,
             RAY_AUTH_TOKEN_PATH=str(token),
             **{MARK: mark},
-        )
+        ).start(timeout=120)
         with server.client() as client:
             job = wait_final(client, submit(client, "numpy", hp={"steps": 20})["id"])
             assert job["status"] == "succeeded" and job["environment"]["node"]
