@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.hyperparameters import Limits
@@ -72,10 +72,32 @@ class Settings(BaseSettings):
         "reader resumes later with Last-Event-ID).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="What runs the jobs: this host's worker pool, or a Ray cluster (docs/ray.md).",
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"),
+        description="Ray's own RAY_ADDRESS: the cluster's host:port; unset = a Ray instance "
+        "started on this host.",
+    )
+    ray_namespace: str = Field("trainwire", description="Ray namespace of the service's actors.")
+    ray_attempts: int = Field(
+        3, ge=1, description="Runs of a job whose worker or node is lost before it fails."
+    )
+    ray_watchdog_s: float = Field(
+        30.0, gt=0, description="Silence of a job's stream after which its worker must answer."
+    )
 
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _empty_address_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cors_origins", mode="before")

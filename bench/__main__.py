@@ -16,7 +16,7 @@ import time
 import traceback
 from types import ModuleType
 
-from bench import fanout, first_loss, memory, overhead, small_jobs, submit_rate
+from bench import fanout, first_loss, memory, overhead, ray_cluster, small_jobs, submit_rate
 from bench.common import (
     Figure,
     exit_on_sigterm,
@@ -27,7 +27,7 @@ from bench.common import (
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (overhead, first_loss, fanout, submit_rate, small_jobs, memory)
+    m.NAME: m for m in (overhead, first_loss, fanout, submit_rate, small_jobs, memory, ray_cluster)
 }
 
 

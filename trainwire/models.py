@@ -141,6 +141,11 @@ class VariantInfo(BaseModel):
     title: str
     description: str
     devices: list[str]
+    available_devices: list[str] | None = Field(
+        None,
+        description="The devices of `devices` that this server's workers have now (on a Ray "
+        "cluster: its nodes' CPUs and GPUs).",
+    )
     defaults: dict[str, Any] = Field(description="Every hyperparameter it takes, with its default.")
     hyperparameters_schema: dict[str, Any] = Field(
         description="JSON schema of its hyperparameters: types, ranges and descriptions."

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 from trainwire.jobs import Finished, JobSpec, Started, WorkerMessage
 
@@ -95,6 +95,12 @@ class Backend(ABC):
     def worker_restarts(self) -> dict[str, int]:
         """Per device, the worker processes started to replace one that died; for metrics."""
         return {}
+
+    @property
+    def nodes(self) -> list[dict[str, Any]] | None:
+        """The hosts that run the jobs and their slots, for a backend of several (a cluster's
+        nodes); None for this host alone."""
+        return None
 
 
 def wait_finished(
