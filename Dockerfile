@@ -30,9 +30,10 @@ RUN python -c 'import importlib.metadata as m; print("torch==" + m.version("torc
     && cat /tmp/torch-constraint.txt
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not
-# reinstall them: the service's, and PostgreSQL's driver (TRAINWIRE_DATABASE_URL=postgresql+psycopg://...).
+# reinstall them: the service's, PostgreSQL's driver (TRAINWIRE_DATABASE_URL=postgresql+psycopg://...)
+# and Ray (TRAINWIRE_BACKEND=ray; the same image also runs a Ray worker node: docs/ray.md).
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["postgres"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; o = p["optional-dependencies"]; print("\n".join(p["dependencies"] + o["postgres"] + o["ray"]))' \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -c /tmp/torch-constraint.txt -r /tmp/requirements.txt
 
@@ -45,7 +46,7 @@ COPY workers/ workers/
 COPY trainwire/ trainwire/
 RUN pip install --no-cache-dir --no-deps -c /tmp/torch-constraint.txt . \
     && rm -rf /src/build /src/*.egg-info \
-    && python -I -c 'import app, workers, trainwire.cli, torch; assert torch.version.cuda, "torch is not a CUDA build"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+    && python -I -c 'import app, workers, workers.ray_slot, trainwire.cli, torch, ray; assert torch.version.cuda, "torch is not a CUDA build"; print("torch", torch.__version__, "CUDA", torch.version.cuda, "ray", ray.__version__)'
 
 # An unprivileged user owns the data volume; the code stays root-owned and read-only to it.
 RUN groupadd --system --gid 10001 trainwire \

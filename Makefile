@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps bench gpu-check clean
+.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps prometheus-deps bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ postgres-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
+# Debian's Prometheus server, for the test that scrapes a real server's /metrics with it
+prometheus-deps:
+	@command -v /usr/bin/prometheus >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+
 lint: install
 	$(BIN)/ruff check app workers tests bench trainwire examples
 	$(BIN)/ruff format --check app workers tests bench trainwire examples
@@ -41,7 +47,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app workers trainwire
 
-pytest: install browser-deps
+pytest: install browser-deps prometheus-deps
 	$(BIN)/pytest -q
 
 # the service and hardening tests again, each server on a PostgreSQL database of its own

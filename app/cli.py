@@ -119,6 +119,14 @@ def serve(host: str, port: int) -> int:
     if busy is not None:
         log.error("cannot start: %s", busy)
         return 3
+    if settings.backend == "ray":  # join the cluster now: one that does not answer stops us here
+        from workers.ray_backend import RayUnavailable, connect
+
+        try:
+            connect(settings.ray_address, settings.ray_namespace)
+        except RayUnavailable as exc:
+            log.error("cannot start: %s", exc)
+            return 4
     from app.main import app as asgi_app  # built from the same environment, known valid now
 
     config = uvicorn.Config(

@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from app.hub import EventHub
+from app.metrics import JobMetrics
 from app.store import JobRow, Store
 from trainwire.jobs import (
     ErrorCode,
@@ -54,13 +56,21 @@ class _InFlight:
     started: float | None = None  # time.monotonic() at Started
     lost_write: str | None = None  # a loss write that failed for good: the job cannot succeed
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    variant: str = ""
+    steps_counter: Any = None  # trainwire_steps_total of its variant and device, from Started
 
 
 class MessageConsumer:
     def __init__(
-        self, backend: Backend, store: Store, hub: EventHub, loop: asyncio.AbstractEventLoop
+        self,
+        backend: Backend,
+        store: Store,
+        hub: EventHub,
+        loop: asyncio.AbstractEventLoop,
+        metrics: JobMetrics | None = None,
     ):
         self.backend, self.store, self.hub, self.loop = backend, store, hub, loop
+        self.metrics = metrics or JobMetrics()  # without a registry: counted for nobody
         self._jobs: dict[str, _InFlight] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -68,10 +78,19 @@ class MessageConsumer:
         self.seconds_per_step: float | None = None  # running mean over finished runs
 
     # -- the service's side -----------------------------------------------------------------
-    def admit(self, row: JobRow) -> None:
-        """Expect messages of this job (call before handing it to the backend)."""
+    def admit(self, row: JobRow, recovered: bool = False) -> None:
+        """Expect messages of this job (call before handing it to the backend); `recovered`:
+        submitted before this process started (not counted as submitted again)."""
         with self._lock:
-            self._jobs[row.id] = _InFlight(row.pk, row.step)
+            self._jobs[row.id] = _InFlight(row.pk, row.step, variant=row.variant)
+        if not recovered:
+            self.metrics.submitted(row.variant)
+
+    def job_counts(self) -> tuple[int, int]:
+        """(queued, running) among the jobs in flight."""
+        with self._lock:
+            running = sum(1 for job in self._jobs.values() if job.started is not None)
+            return len(self._jobs) - running, running
 
     def forget(self, job_id: str) -> None:
         """The job left the backend without a message (cancelled while queued)."""
@@ -132,6 +151,7 @@ class MessageConsumer:
 
     def _started(self, message: Started, job: _InFlight) -> None:
         job.started = time.monotonic()
+        job.steps_counter = self.metrics.steps_counter(job.variant, message.device)
         self.store.update_job(
             job.pk,
             status=JobStatus.running.value,
@@ -143,6 +163,8 @@ class MessageConsumer:
         )
 
     def _losses(self, message: LossBatch, job: _InFlight) -> None:
+        if job.steps_counter is not None:  # steps trained, a rerun's recomputed ones included
+            job.steps_counter.inc(len(message.values))
         first, values = message.first_step, strict_losses(message.values)
         if first < job.stored:  # a rerun recomputes stored steps bit for bit: keep only new ones
             values = values[job.stored - first :]
@@ -202,6 +224,7 @@ class MessageConsumer:
             if row is not None:
                 data = row.to_job().model_dump_json()
                 self.loop.call_soon_threadsafe(self.hub.publish_status, job_id, data, final)
+                self.metrics.status_stored(row)
             if then_release is not None:
                 self.forget(then_release)
 

@@ -14,11 +14,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.api import health, jobs, pages, sweeps, variants
+from app.api import metrics as metrics_route
 from app.api.deps import require_token
 from app.api.errors import add_error_handlers
 from app.backends import make_backend
+from app.body_limit import BodyLimit
 from app.hub import EventHub
 from app.losses import LossReader
+from app.metrics import HTTPMetrics, Metrics
 from app.server import end_streams_on_stop_signals, redact_tokens_in_logs
 from app.service import JobService
 from app.settings import Settings
@@ -48,7 +51,8 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    redact_tokens_in_logs()  # `uvicorn app.main:app` logs requests too
+    redact_tokens_in_logs(settings.api_token)  # `uvicorn app.main:app` logs requests too
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,12 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", exc)
             raise
         hub = EventHub()
-        service = JobService(settings, store, hub, make_backend(settings))
+        service = JobService(settings, store, hub, make_backend(settings), metrics.jobs)
+        metrics.watch(service.consumer, service.backend, hub, store)
         app.state.hub, app.state.store, app.state.service = hub, store, service
-        app.state.streams = EventStreams(store, hub)
+        app.state.streams = streams = EventStreams(store, hub, settings.stream_stall_seconds)
         app.state.losses = LossReader(store)
         app.state.sweeps = SweepService(service)
-        app.state.sweep_streams = SweepStreams(store, hub)
+        app.state.sweep_streams = SweepStreams(store, hub, settings.stream_stall_seconds)
         await run_in_threadpool(service.start)
         # what start-up built (modules, routes, schemas) lives as long as the process: keep it
         # out of the garbage collector's scans, which otherwise grow with every import
@@ -74,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             restore_signals()
             hub.close()
+            streams.close()
             await run_in_threadpool(service.stop)
             await run_in_threadpool(store.close)
 
@@ -84,9 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
+    # not FastAPI's max_body_size, whose 413 is plain text when the body has a Content-Length
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -95,13 +103,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "Retry-After"],
         )
-    auth = [Depends(require_token)]
-    app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
-    app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
-    app.include_router(sweeps.router, prefix="/v1", dependencies=auth, responses=UNAUTHORIZED)
+    # the schema says what the server does: bearer auth and its 401 only when a token is set
+    guarded = settings.api_token is not None
+    auth = [Depends(require_token)] if guarded else []
+    unauthorized = UNAUTHORIZED if guarded else None
+    app.include_router(variants.router, prefix="/v1", dependencies=auth, responses=unauthorized)
+    app.include_router(jobs.router, prefix="/v1", dependencies=auth, responses=unauthorized)
+    app.include_router(sweeps.router, prefix="/v1", dependencies=auth, responses=unauthorized)
+    app.include_router(metrics_route.router, dependencies=auth)
     app.include_router(health.router)
     pages.mount_pages(app)
     add_error_handlers(app)
+    app.add_middleware(HTTPMetrics, metrics=metrics)
     return app
 
 

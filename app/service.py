@@ -18,14 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from app.consumer import MessageConsumer, utcnow
 from app.errors import InvalidField, InvalidFields, JobFinal, JobNotFinal, JobNotFound, QueueFull
 from app.hub import EventHub
+from app.metrics import JobMetrics
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
-from app.settings import Settings
+from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
 from trainwire.models import Job, JobCreate
 from workers.backend import Backend, DeviceUnavailable
 from workers.hyperparameters import HyperparameterError, parse_hyperparameters
+from workers.threads import recorded_threads
 from workers.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,19 @@ async def find_job(store: Store, job_id: str) -> JobRow:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, hub: EventHub, backend: Backend):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        hub: EventHub,
+        backend: Backend,
+        metrics: JobMetrics | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.hub = hub
         self.backend = backend
-        self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop())
+        self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop(), metrics)
         self._inserting = 0  # submissions between their room check and their enqueue
         self.ready = False
         # at start, each takes the recovered jobs it queues itself and returns the others
@@ -73,7 +82,7 @@ class JobService:
                 log.warning(
                     "job %s waits for a %s worker, which this server does not run", row.id, device
                 )
-            self._enqueue(row, hp, device)
+            self._enqueue(row, hp, device, recovered=True)
         self.consumer.start()
         self.backend.start()
         self.ready = True
@@ -102,6 +111,10 @@ class JobService:
                 [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
             ) from None
         device = self._device(req.device, req.variant)
+        if req.threads is not None and req.threads > usable_cores():
+            raise InvalidField(
+                ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
+            )
         self.store.check_writable()
         with self.queue_room(1):
             row = await asyncio.wrap_future(
@@ -118,6 +131,8 @@ class JobService:
                         "steps": hp.steps,
                         "created_at": utcnow(),
                         "attempts": 0,
+                        # a pinned thread count is the run's from the start (workers.threads)
+                        "environment": None if req.threads is None else {"threads": req.threads},
                     }
                 )
             )
@@ -144,9 +159,14 @@ class JobService:
         except DeviceUnavailable as exc:
             raise InvalidField(("body", "device"), str(exc)) from None
 
-    def _enqueue(self, row: JobRow, hp: Hyperparameters, device: str) -> None:
-        self.consumer.admit(row)
-        self.backend.submit(JobSpec(row.variant, hp, row.seed, device, job_id=row.id))
+    def _enqueue(
+        self, row: JobRow, hp: Hyperparameters, device: str, recovered: bool = False
+    ) -> None:
+        self.consumer.admit(row, recovered=recovered)
+        threads = recorded_threads(row.environment)  # pinned, or what an earlier run used
+        self.backend.submit(
+            JobSpec(row.variant, hp, row.seed, device, job_id=row.id, threads=threads)
+        )
 
     def retry_after(self) -> int:
         """Seconds until the queue has room again, from the work queued: a slot frees up every

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.hyperparameters import Limits
@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     )
     jobs_per_gpu: int = Field(1, ge=0, description="Worker threads per visible CUDA device.")
     threads_per_cpu_job: int = Field(
-        0, ge=0, description="torch/BLAS threads per CPU job; 0 = cores // cpu_workers (min 1)."
+        0,
+        ge=0,
+        description="torch/BLAS threads of every CPU job; 0 = elastic: each job gets the cores "
+        "free when it starts (a lone job all of them), fixed for its run.",
     )
     worker_processes: bool = Field(
         True,
@@ -62,12 +65,40 @@ class Settings(BaseSettings):
     flush_seconds: float = Field(
         0.02, gt=0, description="Longest a step's loss waits before it is handed out."
     )
+    stream_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An event stream whose reader takes nothing for this long is closed (the "
+        "reader resumes later with Last-Event-ID).",
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
     max_sweep_runs: int = Field(256, ge=1, description="Most runs one sweep may have.")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="What runs the jobs: this host's worker pool, or a Ray cluster (docs/ray.md).",
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"),
+        description="Ray's own RAY_ADDRESS: the cluster's host:port; unset = a Ray instance "
+        "started on this host.",
+    )
+    ray_namespace: str = Field("trainwire", description="Ray namespace of the service's actors.")
+    ray_attempts: int = Field(
+        3, ge=1, description="Runs of a job whose worker or node is lost before it fails."
+    )
+    ray_watchdog_s: float = Field(
+        30.0, gt=0, description="Silence of a job's stream after which its worker must answer."
+    )
 
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _empty_address_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cors_origins", mode="before")
@@ -92,3 +123,7 @@ class Settings(BaseSettings):
         if self.threads_per_cpu_job:
             return self.threads_per_cpu_job
         return max(1, usable_cores() // max(1, self.cpu_worker_count()))
+
+    def elastic_cores(self) -> int | None:
+        """The cores CPU jobs share as they start (workers.threads); None: a fixed count each."""
+        return None if self.threads_per_cpu_job else usable_cores()

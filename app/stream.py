@@ -4,9 +4,10 @@ The merge: subscribe to the hub first, then read the job, then replay the store 
 subscriber's position; live chunks that the replay already covered are skipped by step, a gap
 between the replay and the live window is read from the store. The store's history is read
 and encoded in a worker thread, a page at a time (never on the event loop's thread, never a whole
-history in memory), and a reader that stops reading holds one page at most: once it has taken
-longer than `STALL_SECONDS` to take one, its stream ends with a retry hint, and it resumes later
-by `Last-Event-ID`.
+history in memory), and a reader that stops reading holds one page at most: once a write to it
+has waited `TRAINWIRE_STREAM_STALL_SECONDS`, its connection is closed (`EventStreamResponse`);
+the `retry:` hint of its first event makes a browser come back a second later, resuming by
+`Last-Event-ID`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
-from starlette.concurrency import run_in_threadpool
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from starlette.types import Send
 
 from app.hub import Channel, EventHub, encode_losses, encode_status
 from app.service import find_job
@@ -26,17 +29,48 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
 CATCH_UP_STEPS = 1000  # steps read and encoded per page: ~60 KB of events
-STALL_SECONDS = 30.0  # a reader slower than this per page is dropped (it resumes later)
+CATCH_UP_THREADS = 4
 RETRY_MS = 1000  # a dropped browser reconnects after 1 s (with Last-Event-ID), not 3 s
 
 
-class ReaderStalled(Exception):
-    """The subscriber stopped reading."""
+class EventStreamResponse(EventSourceResponse):
+    """An event stream that drops a reader which stopped reading.
+
+    uvicorn waits for a client's socket to drain before each write: a reader that reads no more
+    would hold its stream (and the generator's page) forever. A write that waits `stall_seconds`
+    ends the response instead; the server closes the connection."""
+
+    def __init__(self, content: Any, *, stall_seconds: float, **kw: Any):
+        super().__init__(content, **kw)
+        self.stall_seconds = stall_seconds
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+            try:
+                async with asyncio.timeout(self.stall_seconds):
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except TimeoutError:
+                log.info(
+                    "an event stream's reader took nothing for %g s: dropped", self.stall_seconds
+                )
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class EventStreams:
-    def __init__(self, store: Store, hub: EventHub):
+    def __init__(self, store: Store, hub: EventHub, stall_seconds: float = 30.0):
         self.store, self.hub = store, hub
+        self.stall_seconds = stall_seconds
+        # catch-up pages have threads of their own: hundreds of readers catching up at once
+        # then queue here, not in front of every other request's store read
+        self._pages = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="catch-up")
+
+    def close(self) -> None:
+        self._pages.shutdown(wait=False, cancel_futures=True)
 
     async def events(self, job_id: str, after: int) -> AsyncIterator[bytes]:
         """status, every loss after `after` exactly once, live ones, then the final status."""
@@ -45,15 +79,9 @@ class EventStreams:
 
     async def _stream(self, job_id: str, after: int) -> AsyncIterator[bytes]:
         channel = self.hub.subscribe(job_id)  # before reading the store: nothing slips between
-        loop = asyncio.get_running_loop()
         try:
             async for data in self._merge(job_id, channel, after):
-                sent = loop.time()
                 yield data
-                if loop.time() - sent > STALL_SECONDS:
-                    raise ReaderStalled()
-        except ReaderStalled:
-            yield format_sse_event(comment="too far behind: reconnect", retry=RETRY_MS)
         finally:
             self.hub.unsubscribe(job_id, channel)
 
@@ -128,7 +156,9 @@ class EventStreams:
         after them), a page at a time."""
         while until is None or next_step < until:
             limit = CATCH_UP_STEPS if until is None else min(CATCH_UP_STEPS, until - next_step)
-            data, end, count = await run_in_threadpool(self._page, row, next_step, limit)
+            data, end, count = await asyncio.get_running_loop().run_in_executor(
+                self._pages, self._page, row, next_step, limit
+            )
             if not count:
                 return
             next_step = end

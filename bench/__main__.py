@@ -16,7 +16,16 @@ import time
 import traceback
 from types import ModuleType
 
-from bench import fanout, first_loss, memory, overhead, small_jobs, submit_rate, sweeps
+from bench import (
+    fanout,
+    first_loss,
+    memory,
+    overhead,
+    ray_cluster,
+    small_jobs,
+    submit_rate,
+    sweeps,
+)
 from bench.common import (
     Figure,
     exit_on_sigterm,
@@ -27,7 +36,8 @@ from bench.common import (
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (overhead, first_loss, fanout, submit_rate, small_jobs, memory, sweeps)
+    m.NAME: m
+    for m in (overhead, first_loss, fanout, submit_rate, small_jobs, memory, sweeps, ray_cluster)
 }
 
 

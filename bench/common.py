@@ -49,6 +49,8 @@ BLOCKER = {
         "learning_rate": 1e-9,  # small enough that the loss never diverges at this size
     },
     "seed": 1,
+    # one core each: a blocker alone would otherwise take every core, and the next would wait
+    "threads": 1,
 }
 
 

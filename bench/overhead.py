@@ -1,14 +1,20 @@
 """overhead: one long job through the API against the same loop run as a plain script.
 
 Through the API: POST /v1/jobs, then one SSE subscriber (httpx + httpx-sse) reading the stream to
-its end; the wall time runs from sending the POST to receiving the final `status` event. The
-server runs with its defaults (2 CPU workers, 1 torch thread each), so the job has one thread.
+its end; the wall time runs from sending the POST to receiving the final `status` event.
 
-Plain: a long-lived subprocess (`python -m bench.overhead --plain-worker`) that runs the variant's
-own `train` in a thread with `torch.set_num_threads(1)` and numpy's BLAS capped to 1 thread, as a
-worker does, with a recorder that calls `.item()` on every step's loss as the tutorial does. Its
-wall time covers building the problem and the loop. Both use the same seed, so the two runs must
-end on the same loss, bit for bit.
+Plain: a long-lived subprocess (`python -m bench.overhead --plain-worker [THREADS]`) that runs the
+variant's own `train` in a thread, with a recorder that calls `.item()` on every step's loss as the
+tutorial does. Its wall time covers building the problem and the loop.
+
+Two pairs, each with the same seed and thread count on both sides (so the two runs must end on the
+same loss, bit for bit):
+- `default threads`: the server with its defaults (2 CPU workers, elastic threads: the lone job
+  gets every core) against the script as a user runs it (torch's default thread count, numpy's
+  BLAS untouched): what one job alone costs through trainwire;
+- `1 thread`: a server with TRAINWIRE_THREADS_PER_CPU_JOB=1 against the script with
+  `torch.set_num_threads(1)` and numpy's BLAS capped to 1 thread: the service's own overhead, with
+  no thread scheduling in the way.
 
 Each pair runs on a fresh server and a fresh plain process, in alternating order (plain first,
 then API first, ...), and the ratio is the median of the paired ratios API / plain: the same
@@ -65,8 +71,9 @@ class ItemRecorder:
         pass
 
 
-def plain_worker() -> None:
-    """Read `variant steps seed` lines on stdin; run each loop; answer one JSON line each."""
+def plain_worker(threads: int | None) -> None:
+    """Read `variant steps seed` lines on stdin; run each loop; answer one JSON line each.
+    `threads`: torch's and BLAS's thread count; None: their defaults, as a user's script has."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -75,10 +82,13 @@ def plain_worker() -> None:
     from workers.runner import Run
     from workers.variants import VARIANTS as ALL
 
-    threadpool_limits(limits=1, user_api="blas")
+    if threads is not None:
+        threadpool_limits(limits=threads, user_api="blas")
 
     def one(variant: str, steps: int, seed: int, out: dict[str, Any]) -> None:
-        torch.set_num_threads(1)  # per thread on this build, as the worker pool does
+        if threads is not None:
+            torch.set_num_threads(threads)  # per thread on this build, as the worker pool does
+        out["threads"] = torch.get_num_threads()
         model = ALL[variant].hyperparameters
         hp = parse_hyperparameters(model, {"steps": steps}, variant, Limits())
         recorder = ItemRecorder()
@@ -101,9 +111,10 @@ def plain_worker() -> None:
 class PlainWorker:
     """The plain-loop subprocess; stopped by its PID."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.overhead", "--plain-worker"],
+            [sys.executable, "-m", "bench.overhead", "--plain-worker"]
+            + ([] if threads is None else [str(threads)]),
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -162,7 +173,15 @@ def api_run(client: Any, variant: str, steps: int) -> dict[str, Any]:
         "wall": wall,
         "train": iso_epoch(final["finished_at"]) - iso_epoch(final["started_at"]),
         "last_loss": last_loss,
+        "threads": final["environment"]["threads"],
     }
+
+
+# pair name: (the server's settings, the plain script's thread count; None: torch's default)
+MODES: dict[str, tuple[dict[str, Any], int | None]] = {
+    "default threads": ({}, None),
+    "1 thread": ({"threads_per_cpu_job": 1}, 1),
+}
 
 
 def run(quick: bool) -> list[Figure]:
@@ -174,83 +193,93 @@ def run(quick: bool) -> list[Figure]:
         f"## overhead: one {steps}-step job, API vs plain loop, {reps} interleaved runs, "
         "each pair on a fresh server and a fresh plain process\n"
     )
-    plain: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    api: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    plain: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    api: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(reps):
-        # a fresh server (so fresh worker processes) and a fresh plain process for every pair:
-        # the same loop runs a few percent faster or slower from one process to the next (where
-        # its memory happens to lie), and one process per side would give that draw to the
-        # ratio as if it were trainwire's
-        worker = PlainWorker()
-        try:
-            with (
-                server(threads_per_cpu_job=1) as srv,
-                httpx.Client(base_url=srv.url, timeout=120) as client,
-            ):
-                for variant in VARIANTS:  # warm both up (lazy imports, allocator, connection)
-                    worker.run(variant, 20)
-                    api_run(client, variant, 20)
-                for variant in VARIANTS:
-                    order = ("plain", "api") if rep % 2 == 0 else ("api", "plain")
-                    for mode in order:
-                        stolen = steal_seconds()
-                        if mode == "plain":
-                            result = worker.run(variant, steps)
-                            plain[variant].append(result)
-                        else:
-                            result = api_run(client, variant, steps)
-                            api[variant].append(result)
-                        result["steal"] = steal_seconds() - stolen
-        finally:
-            worker.stop()
+        for mode, (settings, threads) in MODES.items():
+            # a fresh server (so fresh worker processes) and a fresh plain process for every
+            # pair: the same loop runs a few percent faster or slower from one process to the
+            # next (where its memory happens to lie), and one process per side would give that
+            # draw to the ratio as if it were trainwire's
+            worker = PlainWorker(threads)
+            try:
+                with (
+                    server(**settings) as srv,
+                    httpx.Client(base_url=srv.url, timeout=600) as client,
+                ):
+                    for variant in VARIANTS:  # warm both up (lazy imports, allocator, connection)
+                        worker.run(variant, 20)
+                        api_run(client, variant, 20)
+                    for variant in VARIANTS:
+                        order = ("plain", "api") if rep % 2 == 0 else ("api", "plain")
+                        for side in order:
+                            stolen = steal_seconds()
+                            if side == "plain":
+                                result = worker.run(variant, steps, timeout=600)
+                                plain.setdefault((mode, variant), []).append(result)
+                            else:
+                                result = api_run(client, variant, steps)
+                                api.setdefault((mode, variant), []).append(result)
+                            result["steal"] = steal_seconds() - stolen
+            finally:
+                worker.stop()
 
     figures = []
     rows = []
-    for variant in VARIANTS:
-        ratios = [a["wall"] / p["wall"] for a, p in zip(api[variant], plain[variant], strict=True)]
-        ratio = median(ratios)
-        same = all(
-            a["last_loss"] == p["last_loss"]
-            for a, p in zip(api[variant], plain[variant], strict=True)
-        )
-        met = ratio <= TARGET
-        plain_wall = median([p["wall"] for p in plain[variant]])
-        api_wall = median([a["wall"] for a in api[variant]])
-        best = min(a["wall"] for a in api[variant]) / min(p["wall"] for p in plain[variant])
-        steal = (
-            f"{ms(median([p['steal'] for p in plain[variant]]))} / "
-            f"{ms(median([a['steal'] for a in api[variant]]))}"
-        )
-        rows.append(
-            (
-                variant,
-                steps,
-                reps,
-                ms(plain_wall),
-                ms(api_wall),
-                ms(median([a["train"] for a in api[variant]])),
-                f"{ratio:.3f}",
-                f"{min(ratios):.3f}-{max(ratios):.3f}",
-                f"{best:.3f}",
-                steal,
-                "yes" if same else "**no**",
-                f"≤ {TARGET}",
-                met_text(met),
+    for mode in MODES:
+        for variant in VARIANTS:
+            a_runs, p_runs = api[(mode, variant)], plain[(mode, variant)]
+            ratios = [a["wall"] / p["wall"] for a, p in zip(a_runs, p_runs, strict=True)]
+            ratio = median(ratios)
+            same = all(
+                a["last_loss"] == p["last_loss"] for a, p in zip(a_runs, p_runs, strict=True)
             )
-        )
-        figures.append(
-            Figure(
-                NAME,
-                f"{variant} {steps} steps: API wall / plain wall",
-                f"{ratio:.3f} ({ms(api_wall)}; best runs {best:.3f})",
-                f"plain {ms(plain_wall)}",
-                f"≤ {TARGET}",
-                met,
+            met = ratio <= TARGET
+            plain_wall = median([p["wall"] for p in p_runs])
+            api_wall = median([a["wall"] for a in a_runs])
+            best = min(a["wall"] for a in a_runs) / min(p["wall"] for p in p_runs)
+            steal = (
+                f"{ms(median([p['steal'] for p in p_runs]))} / "
+                f"{ms(median([a['steal'] for a in a_runs]))}"
             )
-        )
+            threads = (
+                f"{'/'.join(sorted({str(p['threads']) for p in p_runs}))} / "
+                f"{'/'.join(sorted({str(a['threads']) for a in a_runs}))}"
+            )
+            rows.append(
+                (
+                    variant,
+                    mode,
+                    threads,
+                    steps,
+                    reps,
+                    ms(plain_wall),
+                    ms(api_wall),
+                    ms(median([a["train"] for a in a_runs])),
+                    f"{ratio:.3f}",
+                    f"{min(ratios):.3f}-{max(ratios):.3f}",
+                    f"{best:.3f}",
+                    steal,
+                    "yes" if same else "**no**",
+                    f"≤ {TARGET}",
+                    met_text(met),
+                )
+            )
+            figures.append(
+                Figure(
+                    NAME,
+                    f"{variant} {steps} steps, {mode}: API wall / plain wall",
+                    f"{ratio:.3f} ({ms(api_wall)}; best runs {best:.3f})",
+                    f"plain {ms(plain_wall)}",
+                    f"≤ {TARGET}",
+                    met,
+                )
+            )
     print_table(
         [
             "variant",
+            "pair",
+            "threads (plain / API)",
             "steps",
             "runs",
             "plain wall (median)",
@@ -271,7 +300,7 @@ def run(quick: bool) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--plain-worker"]:
-        plain_worker()
+    if sys.argv[1:2] == ["--plain-worker"]:
+        plain_worker(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     else:
         sys.exit(standalone(NAME, run))

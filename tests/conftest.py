@@ -20,13 +20,15 @@ def _drop_test_databases() -> Iterator[None]:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Factory: make_server(TRAINWIRE_CPU_WORKERS="2", ...) starts a fresh server."""
+    """Factory: make_server(TRAINWIRE_CPU_WORKERS="2", ...) starts a fresh server;
+    `address_space=` caps the bytes it and its workers may map (RLIMIT_AS)."""
     servers: list[Server] = []
 
     def make(
         data_dir: Path | None = None,
         start: bool = True,
         command: tuple[str, ...] | None = None,
+        address_space: int | None = None,
         **env: str,
     ) -> Server:
         directory = data_dir or tmp_path / f"server{len(servers)}"
@@ -34,6 +36,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         server = Server(directory, {k: str(v) for k, v in env.items()})
         if command is not None:
             server.command = command
+        server.address_space = address_space
         servers.append(server)
         return server.start() if start else server
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -51,6 +52,18 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _preexec(address_space: int | None) -> Callable[[], None]:
+    """What the server's process runs before it starts: die with the test process, and cap its
+    address space (RLIMIT_AS, inherited by its worker processes) when asked."""
+
+    def preexec() -> None:
+        _die_with_parent()
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    return preexec
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +93,8 @@ class Server:
     log_path: Path | None = None
     # what runs after `python`, before `--port N`: `trainwire serve` unless told otherwise
     command: tuple[str, ...] = ("-m", "app.cli", "serve")
+    # bytes of address space the server and its worker processes may map (None: no cap)
+    address_space: int | None = None
 
     @property
     def url(self) -> str:
@@ -91,7 +106,10 @@ class Server:
 
     @property
     def database_url(self) -> str:
-        """The store: the SQLite file in data_dir, or a PostgreSQL database named after it."""
+        """The store: as the server was told, else the SQLite file in data_dir, or a PostgreSQL
+        database named after it."""
+        if "TRAINWIRE_DATABASE_URL" in self.env:
+            return self.env["TRAINWIRE_DATABASE_URL"]
         if POSTGRES is None:
             return f"sqlite:///{self.db_path}"
         name = "tw_" + hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16]
@@ -126,6 +144,15 @@ class Server:
         finally:
             engine.dispose()
 
+    def execute(self, sql: str, **params: Any) -> None:
+        """Change the server's store directly (as a fault would), and commit."""
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
     def _create_database(self) -> None:
         name = make_url(self.database_url).database
         admin = create_engine(POSTGRES or "", poolclass=NullPool, isolation_level="AUTOCOMMIT")
@@ -152,7 +179,7 @@ class Server:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_preexec(self.address_space),
             )
         deadline = time.monotonic() + timeout
         while True:

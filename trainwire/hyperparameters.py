@@ -19,17 +19,25 @@ class Hyperparameters(BaseModel):
     # strict: "64" is not a batch size and 64.5 is not an int; extra: a misspelt field is an error
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    batch_size: int = Field(64, gt=0, description="N, the number of examples in the batch.")
-    d_in: int = Field(1000, gt=0, description="D_in, the input dimension.")
-    hidden: int = Field(100, gt=0, description="H, the hidden dimension.")
-    d_out: int = Field(10, gt=0, description="D_out, the output dimension.")
+    batch_size: int = Field(
+        64, gt=0, title="Batch size", description="N, the number of examples in the batch."
+    )
+    d_in: int = Field(1000, gt=0, title="Input size", description="D_in, the input dimension.")
+    hidden: int = Field(100, gt=0, title="Hidden size", description="H, the hidden dimension.")
+    d_out: int = Field(10, gt=0, title="Output size", description="D_out, the output dimension.")
     steps: int = Field(
-        50, gt=0, description="Training steps (the tutorial's `for t in range(50)`)."
+        50, gt=0, title="Steps", description="Training steps (the tutorial's `for t in range(50)`)."
     )
     learning_rate: float = Field(
-        1e-6, gt=0, allow_inf_nan=False, description="Step size of the weight update."
+        1e-6,
+        gt=0,
+        title="Learning rate",
+        allow_inf_nan=False,
+        description="Step size of the weight update.",
     )
-    dtype: Dtype = Field("float32", description="Floating-point type of every tensor.")
+    dtype: Dtype = Field(
+        "float32", title="dtype", description="Floating-point type of every tensor."
+    )
 
 
 class HandwrittenHyperparameters(Hyperparameters):
@@ -37,14 +45,20 @@ class HandwrittenHyperparameters(Hyperparameters):
 
 
 class Float64Hyperparameters(HandwrittenHyperparameters):
-    dtype: Dtype = Field("float64", description="Floating-point type of every tensor.")
+    dtype: Dtype = Field(
+        "float64", title="dtype", description="Floating-point type of every tensor."
+    )
 
 
 class ModuleHyperparameters(Hyperparameters):
     """nn, optim, custom_module: nn.Linear layers, learning rate 1e-4."""
 
     learning_rate: float = Field(
-        1e-4, gt=0, allow_inf_nan=False, description="Step size of the weight update."
+        1e-4,
+        gt=0,
+        title="Learning rate",
+        allow_inf_nan=False,
+        description="Step size of the weight update.",
     )
 
 
@@ -52,10 +66,11 @@ class DynamicHyperparameters(ModuleHyperparameters):
     """dynamic: SGD with momentum and a random number of reused middle layers per step."""
 
     momentum: float = Field(
-        0.9, ge=0, lt=1, allow_inf_nan=False, description="SGD momentum factor."
+        0.9, ge=0, title="Momentum", lt=1, allow_inf_nan=False, description="SGD momentum factor."
     )
     max_middle_layers: int = Field(
         3,
+        title="Max middle layers",
         ge=0,
         le=16,
         description="Each forward pass reuses the middle layer random.randint(0, this) times.",

@@ -69,6 +69,8 @@ class JobSpec:
     seed: int
     device: str = "cpu"  # "cpu", "cuda" (any GPU) or "cuda:N"
     job_id: str = ""
+    # torch/BLAS threads of the run (float32 curves depend on it); None: the backend chooses
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

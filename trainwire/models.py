@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainwire.jobs import ErrorCode, JobStatus, VariantName
 
+# the most threads a request may pin anywhere (a server allows at most its own cores)
+MAX_JOB_THREADS = 1024
+
 __all__ = [
     "ErrorCode",
     "Job",
@@ -19,6 +22,7 @@ __all__ = [
     "JobList",
     "JobStatus",
     "Losses",
+    "MAX_JOB_THREADS",
     "VariantInfo",
     "VariantName",
 ]
@@ -64,6 +68,16 @@ class JobCreate(BaseModel):
         description="auto (a GPU when there is one and the variant can use it), cpu, cuda, cuda:N.",
     )
     label: str | None = Field(None, max_length=200, description="A name of your choosing.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_JOB_THREADS,
+        strict=True,
+        description="torch/BLAS threads of the run, at most the server's cores (a CPU job "
+        "starts once that many are free). Absent: chosen when the job starts, from the cores "
+        "free then. Either way it is recorded in environment.threads and reused by any rerun: "
+        "the curves of the torch variants depend on it.",
+    )
 
     @field_validator("label")
     @classmethod
@@ -128,6 +142,11 @@ class VariantInfo(BaseModel):
     title: str
     description: str
     devices: list[str]
+    available_devices: list[str] | None = Field(
+        None,
+        description="The devices of `devices` that this server's workers have now (on a Ray "
+        "cluster: its nodes' CPUs and GPUs).",
+    )
     defaults: dict[str, Any] = Field(description="Every hyperparameter it takes, with its default.")
     hyperparameters_schema: dict[str, Any] = Field(
         description="JSON schema of its hyperparameters: types, ranges and descriptions."

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 from trainwire.jobs import Finished, JobSpec, Started, WorkerMessage
 
@@ -97,6 +97,21 @@ class Backend(ABC):
         that cannot fuse queues them one by one."""
         for spec in specs:
             self.submit(spec)
+
+    def worker_states(self) -> list[tuple[str, str]]:
+        """(device, state) of each worker, state one of idle, busy, starting; for metrics.
+        Empty where the backend does not tell."""
+        return []
+
+    def worker_restarts(self) -> dict[str, int]:
+        """Per device, the worker processes started to replace one that died; for metrics."""
+        return {}
+
+    @property
+    def nodes(self) -> list[dict[str, Any]] | None:
+        """The hosts that run the jobs and their slots, for a backend of several (a cluster's
+        nodes); None for this host alone."""
+        return None
 
 
 def wait_finished(

@@ -36,20 +36,61 @@ class HyperparameterError(ValueError):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
 
 
+# The arrays a step of each variant holds at its peak, counted from its code and checked against
+# the high-water mark of a process that runs it (tests/workers/test_memory.py):
+#   (N, H) arrays: numpy, tensors: h, h_relu, grad_h_relu and grad_h, and the next step's h
+#     made while the last step's are still bound; autograd, custom_function: x w1 and its ReLU
+#     (both saved for the backward pass) and the gradient coming back through them; the module
+#     variants: the first Linear's output, its ReLU and the gradient (dynamic: two more for
+#     each use of the middle layer);
+#   (N, D_out) arrays besides y: numpy, tensors: y_pred, y_pred - y, its square, grad_y_pred;
+#     autograd, custom_function: y_pred, y_pred - y (saved by pow), its square, and pow's
+#     backward 2 (y_pred - y) grad (two); the module variants: y_pred and MSELoss's gradient;
+#   parameter-sized arrays, for each weight and bias: the parameter, its gradient and the
+#     update's temporary `learning_rate * grad` (numpy, tensors, autograd, custom_function, nn);
+#     Adam's two moments and two temporaries (optim); SGD updates in place (custom_module);
+#     SGD's momentum buffer (dynamic; its middle layer, used up to max_middle_layers times,
+#     also holds a gradient per use being summed).
+_ARRAYS = {  # variant: ((N, H), (N, D_out) besides y, per parameter)
+    "numpy": (5, 4, 3),
+    "tensors": (5, 4, 3),
+    "autograd": (3, 5, 3),
+    "custom_function": (3, 5, 3),
+    "nn": (3, 2, 3),
+    "optim": (3, 2, 6),
+    "custom_module": (3, 2, 2),
+    "dynamic": (3, 2, 3),
+}
+# a variant not listed (a test's, a new one) is counted as the most any listed one holds
+_MOST = (5, 5, 6)
+_DYNAMIC_MIDDLE_PARAMETER_ARRAYS = 6
+# the ReLUs' boolean masks (`h < 0`, clamp's backward), one byte an element, and what else an
+# (N, H) step allocates: measured 1 to 4 bytes an element
+_MASK_BYTES = 4
+# problem.py draws the instance DRAW_CHUNK (65,536) float64 values at a time and casts them
+_DRAW_BYTES = 1 << 20
+
+
 def estimate_job_bytes(variant: str, hp: Hyperparameters) -> int:
-    """Upper estimate of the tensor memory one run of `variant` allocates."""
+    """Upper estimate of the memory one run of `variant` holds at its peak: the instance, the
+    parameters and their optimizer state, a step's activations and gradients, the draw's chunk
+    and the loss buffer."""
     n, d_in, h, d_out = hp.batch_size, hp.d_in, hp.hidden, hp.d_out
-    params = d_in * h + h * d_out + h + d_out
-    activations = 4 * n * h + 4 * n * d_out
+    per_hidden, per_output, per_parameter = _ARRAYS.get(variant, _MOST)
+    hand_written = variant in ("numpy", "tensors", "autograd", "custom_function")
+    parameters = d_in * h + h * d_out + (0 if hand_written else h + d_out)  # the biases
+    elements = n * d_in + n * d_out  # x and y
+    elements += per_parameter * parameters
+    elements += per_hidden * n * h + per_output * n * d_out
+    mask_bytes = _MASK_BYTES * n * h
     if variant == "dynamic":
         middle = getattr(hp, "max_middle_layers", 3)
-        params += h * h + h
-        activations += 3 * middle * n * h
-    # weights + gradients + update temporaries; Adam adds two moments, momentum one buffer
-    states = {"optim": 5, "dynamic": 4}.get(variant, 3)
-    data = n * d_in + n * d_out + d_in * h  # x, y, and x.T-shaped products in the backward
-    elements = data + states * params + activations
-    return elements * _ITEMSIZE[hp.dtype] + 1024 * hp.steps // 128  # + the loss buffer
+        elements += _DYNAMIC_MIDDLE_PARAMETER_ARRAYS * (h * h + h)
+        elements += 2 * middle * n * h
+        mask_bytes += _MASK_BYTES * middle * n * h
+    # on a GPU the loss buffer holds 8 bytes a step (and as much again in pinned host memory)
+    losses = 8 * hp.steps
+    return elements * _ITEMSIZE[hp.dtype] + mask_bytes + _DRAW_BYTES + losses
 
 
 def check_limits(variant: str, hp: Hyperparameters, limits: Limits) -> None:

@@ -1,10 +1,12 @@
 """The local backend: worker threads on this host that run jobs, per device, in submission order.
 
-CPU workers share the cores: each sets its own torch thread count (on this build
-`torch.set_num_threads` holds per thread) so that (CPU jobs at once) x (threads each) stays within
-the cores. numpy's BLAS pool is process-wide and is capped once when the pool starts. GPU workers
-run `jobs_per_gpu` jobs per visible device, each on its own CUDA stream (see runner), and wait for
-free device memory rather than start a job that would not fit.
+CPU workers share the cores: each CPU job gets its torch/BLAS thread count when it starts, from
+the cores free then (workers.threads: a lone job gets them all), or a fixed count per job, so
+that the threads of the CPU jobs running stay within the cores. A worker's child process sets the
+job's count before the job runs (without child processes, `torch.set_num_threads` holds per
+thread on this build; numpy's BLAS pool is process-wide and is capped once when the pool
+starts). GPU workers run `jobs_per_gpu` jobs per visible device, each on its own CUDA stream
+(see runner), and wait for free device memory rather than start a job that would not fit.
 
 With `processes`, each worker thread hands its jobs to a child process of its own
 (workers.processes), so that training never waits for the service's GIL. Everything a job does
@@ -31,8 +33,11 @@ from workers.fused.serving import FusedGroupServing
 from workers.hyperparameters import estimate_job_bytes
 from workers.processes import ChildWorker, device_facts
 from workers.runner import run_job
+from workers.threads import CoreBudget
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE = 30.0  # seconds between tries to replace an idle worker's process that failed
 
 # messages held for the consumer before the workers wait: ~20 ms batches, so seconds of training
 MAX_PENDING_MESSAGES = 4096
@@ -49,6 +54,7 @@ def visible_gpus() -> list[str]:
 class _Queued:
     spec: JobSpec  # spec.device: "cpu", "cuda" (any GPU) or "cuda:N"
     cancel: threading.Event = field(default_factory=threading.Event)
+    threads: int | None = None  # granted when a CPU worker takes it; None: the worker's own
 
     @property
     def job_id(self) -> str:
@@ -77,7 +83,10 @@ class LocalBackend(FusedGroupServing, Backend):
         gpus: list[str] | None = None,
         processes: bool = False,
         max_pending_messages: int = MAX_PENDING_MESSAGES,
+        elastic_cores: int | None = None,
     ):
+        """`cpu_threads`: threads of every CPU job; with `elastic_cores`, CPU jobs get threads
+        out of that many cores as they start instead (see workers.threads)."""
         self.gpus = visible_gpus() if gpus is None else gpus
         self.processes = processes  # run each worker's jobs in a child process of its own
         self.cpu_workers = cpu_workers
@@ -95,6 +104,9 @@ class LocalBackend(FusedGroupServing, Backend):
         self._children: list[ChildWorker] = []
         self._workers_up = 0  # workers whose child process has started (or tried to)
         self._workers_wanted: int | None = None  # set by start()
+        self._cores = CoreBudget(elastic_cores or 0, fixed=None if elastic_cores else cpu_threads)
+        self._cpu_running = 0  # CPU jobs taken by a worker and not ended
+        self._worker_states: dict[str, tuple[str, str]] = {}  # thread name: (device, state)
 
     @property
     def devices(self) -> list[str]:
@@ -114,6 +126,8 @@ class LocalBackend(FusedGroupServing, Backend):
         workers += [(gpu, i) for gpu in self.gpus for i in range(self.jobs_per_gpu)]
         with self._cond:
             self._workers_wanted = len(workers)
+            for device, i in workers:
+                self._worker_states[f"worker-{device}-{i}"] = (device, "starting")
         for device, i in workers:
             thread = threading.Thread(
                 target=self._work, args=(device,), name=f"worker-{device}-{i}", daemon=True
@@ -206,6 +220,21 @@ class LocalBackend(FusedGroupServing, Backend):
                 for spec in (item.specs if isinstance(item, FusedGroup) else [item.spec])
             ]
 
+    def worker_states(self) -> list[tuple[str, str]]:
+        """(device, state) of every worker: starting (its child process is not up yet), idle
+        or busy."""
+        with self._cond:
+            return list(self._worker_states.values())
+
+    def worker_restarts(self) -> dict[str, int]:
+        """Per device, the child processes started to replace one that died."""
+        with self._cond:
+            children = list(self._children)
+        restarts: dict[str, int] = {}
+        for child in children:
+            restarts[child.device] = restarts.get(child.device, 0) + child.restarts
+        return restarts
+
     def next_message(self, timeout: float) -> Message | None:
         try:
             return self._messages.get(timeout=timeout)
@@ -229,18 +258,66 @@ class LocalBackend(FusedGroupServing, Backend):
         # blocks while the consumer is behind: that is the back-pressure on training
         self._messages.put(message)
 
-    def _take(self, device: str) -> _Queued | FusedGroup | None:
+    def _take(self, device: str, child: ChildWorker | None) -> _Queued | FusedGroup | None:
+        """The first queued job or fused group for `device` (on the CPU, once the cores it gets
+        are free); None once stopping. While idle, a child process that died is replaced at once
+        (not when the next job comes), so that readiness comes back."""
+        next_restart = 0.0
         with self._cond:
             while not self._stopping:
                 for i, item in enumerate(self._queue):
                     want = item.spec.device
                     if want == device or (want == "cuda" and device.startswith("cuda")):
+                        if device == "cpu" and not self._grant_threads(item):
+                            break  # it waits for cores, and the jobs behind it with it
                         del self._queue[i]
                         for job_id in item.job_ids:
                             self._running[job_id] = item
+                        self._set_state("busy")
                         return item
-                self._cond.wait()
+                self._cond.wait(timeout=1.0 if child is not None else None)
+                if child is not None and child.exited and time.monotonic() >= next_restart:
+                    self._cond.release()
+                    try:
+                        log.warning("the worker process for %s is gone; starting another", device)
+                        child.ready()
+                    except Exception:  # tried again in a while, and by the next job
+                        log.exception("restarting the worker process for %s failed", device)
+                        next_restart = time.monotonic() + RESTART_PAUSE
+                    finally:
+                        self._cond.acquire()
             return None
+
+    def _grant_threads(self, item: _Queued | FusedGroup) -> bool:
+        """Give a CPU job its threads (under the lock), or False: not enough cores are free."""
+        queued = sum(1 for queued in self._queue if queued.spec.device == "cpu")
+        # a fused group trains on one thread (workers.fused.batch)
+        wanted = 1 if isinstance(item, FusedGroup) else item.spec.threads
+        threads = self._cores.grant(wanted, self.cpu_workers - self._cpu_running, queued)
+        if threads is None:
+            return False
+        self._cores.take(threads)
+        self._cpu_running += 1
+        item.threads = threads
+        return True
+
+    def _end(self, item: _Queued | FusedGroup) -> None:
+        """The worker is done with the job: its threads are free for the next."""
+        with self._cond:
+            for job_id in item.job_ids:  # a fused group's runs may have ended one by one
+                self._running.pop(job_id, None)
+            if item.threads is not None and item.spec.device == "cpu":
+                self._cores.release(item.threads)
+                self._cpu_running -= 1
+            self._set_state("idle")
+            self._cond.notify_all()
+
+    def _set_state(self, state: str) -> None:
+        """The calling worker's state (under the lock)."""
+        name = threading.current_thread().name
+        device, _ = self._worker_states.get(name, ("", ""))
+        if device:
+            self._worker_states[name] = (device, state)
 
     def _wait_for_memory(
         self, item: _Queued | FusedGroup, device: str, child: ChildWorker | None
@@ -281,6 +358,7 @@ class LocalBackend(FusedGroupServing, Backend):
             if child is not None:
                 self._children.append(child)
             self._workers_up += 1
+            self._set_state("idle")
             self._cond.notify_all()
         try:
             self._serve(device, child)
@@ -291,13 +369,14 @@ class LocalBackend(FusedGroupServing, Backend):
     def _serve(self, device: str, child: ChildWorker | None) -> None:
         run: Callable[..., Finished] = child.run if child is not None else run_job
         while True:
-            item = self._take(device)
+            item = self._take(device, child)
             if item is None:
                 return
             if isinstance(item, FusedGroup):
                 self._serve_group(item, device, child)
+                self._end(item)
                 continue
-            spec = replace(item.spec, device=device)
+            spec = replace(item.spec, device=device, threads=item.threads or item.spec.threads)
             job_id = spec.job_id
 
             def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
@@ -308,9 +387,14 @@ class LocalBackend(FusedGroupServing, Backend):
                 if refused is not None:
                     finished = refused
                 else:
+                    if child is None and spec.threads is not None:
+                        torch.set_num_threads(spec.threads)  # per thread on this build
                     facts = child.facts if child is not None and child.facts else None
                     # asked here when there is no child: torch's thread count is per thread
-                    self._emit(Started(job_id, device, facts or device_facts(device)))
+                    environment = dict(facts or device_facts(device))
+                    if spec.threads is not None:  # what the child sets before the job runs
+                        environment["threads"] = spec.threads
+                    self._emit(Started(job_id, device, environment))
                     finished = run(spec, sink, item.cancel, self._timeout_s, self._flush_seconds)
             except Exception as exc:  # the worker outlives any one job
                 log.exception("job %s failed outside its run", job_id)
@@ -325,8 +409,7 @@ class LocalBackend(FusedGroupServing, Backend):
                 if self._stopping and finished.status == RunOutcome.cancelled:
                     finished = replace(finished, status=RunOutcome.interrupted)
             self._emit(finished)
-            with self._cond:
-                del self._running[job_id]
+            self._end(item)
 
     # -- fused groups (the rest in workers.fused.serving) ----------------------------------
     def _unfuse(self, group: FusedGroup) -> None:

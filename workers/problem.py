@@ -13,13 +13,17 @@ every draw comes from generators owned by the instance, seeded by (seed, stream)
 - stream 3: the `random.Random` that picks the depth of `DynamicNet` at each step.
 
 Values are drawn in float64 on the host and then cast, so an instance depends only on
-(seed, sizes, dtype) and is the same on every device.
+(seed, sizes, dtype) and is the same on every device. They are drawn a chunk at a time, each chunk
+cast and stored in place: one draw of a whole (N, D_in) x in float64 followed by a cast would hold
+three times x's float32 size at once. A generator hands out the same numbers whether they are asked
+for in one call or in many, so the chunks make the same instance as one draw.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,9 +35,27 @@ _LAYER_IDS = {"input": 0, "output": 1, "middle": 2}
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+# values per call to a generator: at most 512 KiB of float64 in flight beside the instance
+DRAW_CHUNK = 1 << 16
+
 
 def _generator(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def _chunks(size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive chunks of at most DRAW_CHUNK values covering range(size)."""
+    for start in range(0, size, DRAW_CHUNK):
+        yield start, min(start + DRAW_CHUNK, size)
+
+
+def _drawn(draw: Callable[[int], np.ndarray], shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An array of `shape` and `dtype` filled in row-major order with draw(n), n values a call."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)  # a view: each chunk is cast to dtype as it is stored
+    for start, stop in _chunks(flat.size):
+        flat[start:stop] = draw(stop - start)
+    return out
 
 
 @dataclass
@@ -50,15 +72,15 @@ class Problem:
     def _data(self) -> tuple[np.ndarray, np.ndarray]:
         """x (N, D_in) and y (N, D_out), drawn in this order from stream 0."""
         rng = _generator(self.seed, _STREAM_DATA)
-        x = rng.standard_normal((self.batch_size, self.d_in)).astype(self.dtype)
-        y = rng.standard_normal((self.batch_size, self.d_out)).astype(self.dtype)
+        x = _drawn(rng.standard_normal, (self.batch_size, self.d_in), self.dtype)
+        y = _drawn(rng.standard_normal, (self.batch_size, self.d_out), self.dtype)
         return x, y
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray]:
         """w1 (D_in, H) and w2 (H, D_out), drawn in this order from stream 1."""
         rng = _generator(self.seed, _STREAM_WEIGHTS)
-        w1 = rng.standard_normal((self.d_in, self.hidden)).astype(self.dtype)
-        w2 = rng.standard_normal((self.hidden, self.d_out)).astype(self.dtype)
+        w1 = _drawn(rng.standard_normal, (self.d_in, self.hidden), self.dtype)
+        w2 = _drawn(rng.standard_normal, (self.hidden, self.d_out), self.dtype)
         return w1, w2
 
     # -- numpy ----------------------------------------------------------------------------
@@ -96,11 +118,14 @@ class Problem:
         )
         rng = _generator(self.seed, _STREAM_LAYERS, _LAYER_IDS[name])
         bound = 1.0 / math.sqrt(in_features)
-        weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(self.dtype)
-        bias = rng.uniform(-bound, bound, (out_features,)).astype(self.dtype)
         with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(weight))
-            layer.bias.copy_(torch.from_numpy(bias))
+            # weight (out_features, in_features), then bias (out_features,), straight into the
+            # layer's own memory a chunk at a time
+            for param in (layer.weight, layer.bias):
+                flat = param.view(-1)
+                for start, stop in _chunks(flat.numel()):
+                    values = rng.uniform(-bound, bound, stop - start).astype(self.dtype)
+                    flat[start:stop].copy_(torch.from_numpy(values))
         return layer
 
     def choices(self) -> random.Random:

@@ -76,6 +76,7 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
     from threadpoolctl import threadpool_limits
 
     from workers.runner import run_job
+    from workers.threads import ProcessThreads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when jobs stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -91,6 +92,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
     else:
         torch.cuda.set_device(torch.device(device))
     _warm_up(device)
+    threads_now = ProcessThreads()
+    threads_now.current = threads if device == "cpu" else None
     conn.send(_Ready(os.getpid(), device_facts(device)))
     while True:
         message = conn.recv()
@@ -102,6 +105,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
         if isinstance(message, RunGroup):  # several runs as one (workers.fused)
             run_group_in_child(conn, message, run_cancels)
             continue
+        if message.spec.threads is not None:  # the job's own count, set before it runs
+            threads_now.use(message.spec.threads)
         job_id = message.spec.job_id
 
         def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
@@ -186,6 +191,7 @@ class ChildWorker(FusedGroupChild):
         self._cancel: Any = None
         self._run_cancels: Any = None  # a fused group's cancel flags, one byte per run
         self.facts: dict[str, Any] | None = None  # device_facts() of the running child
+        self.starts = 0  # child processes started: all but the first replaced one that died
 
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
@@ -205,6 +211,12 @@ class ChildWorker(FusedGroupChild):
         finally:
             child.close()
         self._process, self._conn = process, parent
+        self.starts += 1
+
+    @property
+    def restarts(self) -> int:
+        """Child processes started to replace one that had died."""
+        return max(0, self.starts - 1)
 
     def ready(self) -> None:
         """Start the child and wait until it can take a job."""
@@ -287,6 +299,12 @@ class ChildWorker(FusedGroupChild):
             except ValueError:
                 return f"killed by signal {-code}"
         return f"exit code {code}"
+
+    @property
+    def exited(self) -> bool:
+        """The child was started and is gone (a stopped one has not exited)."""
+        process = self._process
+        return process is None or not process.is_alive()
 
     @property
     def alive(self) -> bool:

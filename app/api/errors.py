@@ -54,13 +54,28 @@ def add_error_handlers(app: FastAPI) -> None:
         return _validation_response(exc.errors)
 
 
+MAX_LISTED_ERRORS = 50
+
+
 def _validation_response(errors: Sequence[Any]) -> JSONResponse:
     """FastAPI's 422 body, made strict JSON whatever the client sent.
 
     FastAPI echoes each wrong value as `input`: a `NaN` (which Python's json parser accepts) or a
     lone surrogate (`"\\ud800"`) would make rendering the error itself fail with a 500.
+    A body can hold tens of thousands of wrong fields: the first MAX_LISTED_ERRORS are listed,
+    then one more item (same shape: loc, msg, type) counts the rest.
     """
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+    listed = list(errors[:MAX_LISTED_ERRORS])
+    if len(errors) > MAX_LISTED_ERRORS:
+        more = len(errors) - MAX_LISTED_ERRORS
+        listed.append(
+            {
+                "loc": list(errors[0]["loc"][:1]),
+                "msg": f"{more:,} more errors not listed",
+                "type": "too_many_errors",
+            }
+        )
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(listed))}, status_code=422)
 
 
 def _json_safe(value: Any) -> Any:

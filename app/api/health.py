@@ -38,4 +38,6 @@ async def readyz(request: Request) -> JSONResponse:
             {"status": "unavailable", "reason": "a worker cannot take jobs"}, status_code=503
         )
     backend = service.backend
-    return JSONResponse({"status": "ready", "devices": backend.devices, "queued": backend.queued()})
+    ready = {"status": "ready", "devices": backend.devices, "queued": backend.queued()}
+    nodes = backend.nodes  # a cluster's nodes (the Ray backend)
+    return JSONResponse(ready if nodes is None else {**ready, "nodes": nodes})

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from fastapi.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import LossesOf, Service, Streams
 from app.errors import InvalidField
 from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
+from app.stream import EventStreamResponse
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_STEP = 2**53  # steps are far fewer; bounds keep every value an SQL integer
+_EVENT_ID = re.compile(r"-1|[0-9]+")  # ASCII digits only (int() takes any Unicode digit)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
+_STORE_UNWRITABLE: dict[str, Any] = {
+    "description": "The job store cannot write now (a full disk, a database that went away); "
+    "training pauses until it can. See Retry-After."
+}
 
 
 @router.post(
@@ -30,6 +36,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with
         400: {"description": "The body is not UTF-8 text."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
         429: {"description": "The queue is full; see Retry-After."},
+        503: _STORE_UNWRITABLE,
     },
 )
 async def submit_job(job: JobCreate, service: Service, response: Response) -> Job:
@@ -73,7 +80,11 @@ async def get_job(job_id: str, service: Service) -> Job:
     "/{job_id}/cancel",
     status_code=202,
     summary="Cancel a queued or running job",
-    responses={**_NOT_FOUND, 409: {"description": "The job is already final."}},
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is already final."},
+        503: _STORE_UNWRITABLE,
+    },
 )
 async def cancel_job(job_id: str, service: Service) -> Job:
     """A queued job is cancelled at once; a running one stops before its next step (its
@@ -85,7 +96,11 @@ async def cancel_job(job_id: str, service: Service) -> Job:
     "/{job_id}",
     status_code=204,
     summary="Delete a final job and its losses",
-    responses={**_NOT_FOUND, 409: {"description": "The job is queued or running."}},
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is queued or running."},
+        503: _STORE_UNWRITABLE,
+    },
 )
 async def delete_job(job_id: str, service: Service) -> Response:
     await service.delete(job_id)
@@ -179,19 +194,18 @@ async def job_events(
     live, every step exactly once and in order. Idle streams carry `: ping` comments."""
     start = after if after is not None else -1
     if last_event_id:
-        try:
-            # a browser reconnecting keeps its first URL's ?after=: the later position wins
-            resume = int(last_event_id)
-            if resume > MAX_STEP:
-                raise ValueError(resume)
-            start = max(start, resume)
-        except ValueError:
+        # an id this server sent (a step), or -1; int() would also take "1_7", "+17", "-0"
+        resume = int(last_event_id) if _EVENT_ID.fullmatch(last_event_id) else None
+        if resume is None or resume > MAX_STEP:
             raise InvalidField(
-                ("header", "last-event-id"), "must be the id of a loss event (a step)"
-            ) from None
+                ("header", "last-event-id"), "must be the id of a loss event (a step) or -1"
+            )
+        # a browser reconnecting keeps its first URL's ?after=: the later position wins
+        start = max(start, resume)
     stream = await streams.events(job_id, start)
-    return EventSourceResponse(
+    return EventStreamResponse(
         stream,
+        stall_seconds=streams.stall_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # close the stream's generator (and its subscription) even if the client vanished
         background=BackgroundTask(stream.aclose),  # type: ignore[attr-defined]

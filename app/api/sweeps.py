@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from app.stream import EventStreamResponse
 from app.sweep_stream import SweepStreams
 from app.sweeps import SweepService
 from trainwire.jobs import VariantName
@@ -132,8 +132,9 @@ async def sweep_events(
     ] = None,
 ) -> Response:
     stream = await streams.events(sweep_id, max_points)
-    return EventSourceResponse(
+    return EventStreamResponse(
         stream,
+        stall_seconds=streams.stall_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # close the stream's generator (and its subscriptions) even if the client vanished
         background=BackgroundTask(stream.aclose),  # type: ignore[attr-defined]

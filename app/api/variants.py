@@ -6,6 +6,7 @@ from functools import cache
 
 from fastapi import APIRouter
 
+from app.api.deps import Service
 from app.schemas import VariantInfo
 from workers.variants import VARIANTS
 
@@ -13,10 +14,14 @@ router = APIRouter(tags=["variants"])
 
 
 @router.get("/variants", summary="List the training variants")
-async def list_variants() -> list[VariantInfo]:
-    """The tutorial's eight programs, with the devices each can use and its default
-    hyperparameters (exactly the fields it accepts)."""
-    return _variants()
+async def list_variants(service: Service) -> list[VariantInfo]:
+    """The tutorial's eight programs, with the devices each can use, those this server's
+    workers have now, and its default hyperparameters (exactly the fields it accepts)."""
+    kinds = {device.split(":")[0] for device in service.backend.devices}
+    return [
+        v.model_copy(update={"available_devices": [d for d in v.devices if d in kinds]})
+        for v in _variants()
+    ]
 
 
 @cache

@@ -21,19 +21,6 @@
     "#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed",
     "#0891b2", "#db2777", "#65a30d", "#475569", "#ea580c",
   ];
-  const FIELD_LABELS = {
-    batch_size: "Batch size",
-    d_in: "Input size",
-    hidden: "Hidden size",
-    d_out: "Output size",
-    steps: "Steps",
-    learning_rate: "Learning rate",
-    dtype: "dtype",
-    momentum: "Momentum",
-    max_middle_layers: "Max middle layers",
-  };
-  const FLOAT_FIELDS = new Set(["learning_rate", "momentum"]);
-  const DTYPES = ["float32", "float64"];
   const STORE = { token: "trainwire.token", visible: "trainwire.visible", variant: "trainwire.variant" };
 
   const $ = (selector, root = document) => root.querySelector(selector);
@@ -734,9 +721,6 @@
       if (!data || typeof data !== "object") return;
       if (appendPoint(series, data.step, data.loss)) noteProgress(series);
     });
-    source.addEventListener("end", () => {
-      if (current()) endStream(series);
-    });
     source.addEventListener("error", () => {
       if (!current()) return;
       if (series.finalSeen) {
@@ -820,11 +804,24 @@
     }
   }
 
-  function fieldKind(name, value) {
-    if (name === "dtype") return "dtype";
-    if (typeof value === "boolean") return "bool";
-    if (typeof value === "number") return FLOAT_FIELDS.has(name) || !Number.isInteger(value) ? "float" : "int";
+  // Each field's kind, label and choices come from the variant's hyperparameters_schema (the
+  // server's own models), so the form follows them without a table kept here.
+  function schemaOf(variant, name) {
+    const properties = variant && variant.hyperparameters_schema && variant.hyperparameters_schema.properties;
+    return (properties && properties[name]) || {};
+  }
+
+  function fieldKind(schema, value) {
+    if (Array.isArray(schema.enum)) return "choice";
+    if (schema.type === "boolean" || typeof value === "boolean") return "bool";
+    if (schema.type === "integer") return "int";
+    if (schema.type === "number") return "float";
+    if (typeof value === "number") return Number.isInteger(value) ? "int" : "float";
     return "text";
+  }
+
+  function fieldLabel(name, schema) {
+    return schema.title || name;
   }
 
   function buildFields() {
@@ -832,11 +829,12 @@
     const defaults = defaultsOf(variant);
     $("#variant-description").textContent = (variant && variant.description) || "";
     const fields = Object.entries(defaults).map(([name, value]) => {
-      const kind = fieldKind(name, value);
+      const schema = schemaOf(variant, name);
+      const kind = fieldKind(schema, value);
       const id = `f-${name}`;
       let input;
-      if (kind === "dtype") {
-        const options = DTYPES.includes(value) ? DTYPES : [...DTYPES, String(value)];
+      if (kind === "choice") {
+        const options = schema.enum.includes(value) ? schema.enum : [...schema.enum, String(value)];
         input = el("select", { id, name }, ...options.map((o) => el("option", { value: o, text: o })));
         input.value = value;
       } else if (kind === "bool") {
@@ -855,7 +853,7 @@
       }
       input.dataset.field = name;
       input.dataset.kind = kind;
-      const label = el("label", { for: id, title: name }, FIELD_LABELS[name] || name);
+      const label = el("label", { for: id, title: schema.description || name }, fieldLabel(name, schema));
       return el("div", { class: "field" }, label, input, el("p", { class: "field-error", "data-for": name }));
     });
     $("#hp-fields").replaceChildren(...fields);

@@ -2,6 +2,7 @@
 
 from app.store.lock import DatabaseInUse, database_in_use
 from app.store.rows import JobRow
-from app.store.store import Store, StoreUnwritable
+from app.store.store import Store
+from app.store.writer import StoreUnwritable
 
 __all__ = ["DatabaseInUse", "JobRow", "Store", "StoreUnwritable", "database_in_use"]

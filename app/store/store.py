@@ -1,23 +1,17 @@
-"""Jobs and their losses in a SQL database.
+"""Jobs and their losses in a SQL database: typed writes and reads.
 
-Every write goes through one writer thread (SQLite allows one writer at a time; a single writer
-never meets "database is locked"). The writer takes whatever writes have queued up and commits
-them in one transaction, so losses arrive in batches and many submissions share a commit. After a
-commit it runs each write's callback: that is where the service notifies subscribers, so a
-subscriber never hears of a step before it is stored.
-
-A write is never dropped. When a commit fails because the database cannot write now (a full
-disk, a PostgreSQL server that went away) the writer marks the store unwritable, says so once,
-and tries the same transaction again with a growing pause until it goes through; meanwhile loss
-writes wait for room (`MAX_PENDING_LOSS_WRITES`), which pauses the training that makes them.
+Every write goes through one writer thread (app.store.writer; SQLite allows one writer at a
+time, and a single writer never meets "database is locked"), which commits in groups and runs
+each write's after-commit callback: that is where the service notifies subscribers, so a
+subscriber never hears of a step before it is stored. A write is never dropped: while the
+database cannot write, loss writes wait for room (`MAX_PENDING_LOSS_WRITES`), which pauses the
+training that makes them.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -37,27 +31,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.store.lock import lock_store
 from app.store.rows import JobRow
 from app.store.tables import jobs, losses
+from app.store.writer import AfterCommit, AppendLosses, Operation, Writer
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
-
-Operation = Callable[[Connection], Any]
-AfterCommit = Callable[[Any], None]
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _FINAL = [s.value for s in FINAL_STATUSES]
 
 # loss writes queued before `append_losses` waits: about 80 s of 20 ms batches per running job
 MAX_PENDING_LOSS_WRITES = 4096
-# while the database cannot write: the longest pause between two tries of one transaction
-MAX_RETRY_PAUSE = 2.0
-# at close, how long a write that cannot go through is tried before it is given up
-CLOSE_GRACE_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -90,50 +77,6 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def cannot_write_now(exc: BaseException) -> bool:
-    """Whether a failed commit may go through later as it is: the database is full, or
-    unreachable, not the transaction wrong."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-class StoreUnwritable(Exception):
-    """The store cannot write now (full, or unreachable); it retries by itself."""
-
-    def __init__(self, since: float, reason: str):
-        self.since = since
-        self.reason = reason
-        super().__init__(f"the job store cannot write now ({reason}); retrying")
-
-
-class _AppendLosses:
-    """Store the losses of steps first_step, first_step + 1, ... of one job (None: not finite)."""
-
-    def __init__(self, job_pk: int, first_step: int, values: list[float | None]):
-        self.job_pk, self.first_step, self.values = job_pk, first_step, values
-
-    def __call__(self, conn: Connection) -> None:
-        _AppendLosses.run_many(conn, [self])
-
-    @staticmethod
-    def run_many(conn: Connection, ops: list[_AppendLosses]) -> None:
-        # driver-level executemany: the hot path of the store, without per-row SQL building
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        rows = [(op.job_pk, op.first_step + i, v) for op in ops for i, v in enumerate(op.values)]
-        conn.exec_driver_sql(
-            f"INSERT INTO losses (job_pk, step, loss) VALUES ({mark}, {mark}, {mark})", rows
-        )
-        last: dict[int, _AppendLosses] = {op.job_pk: op for op in ops}  # the latest per job
-        conn.exec_driver_sql(
-            f"UPDATE jobs SET step = {mark}, last_loss = {mark} WHERE pk = {mark}",
-            [(op.first_step + len(op.values), op.values[-1], op.job_pk) for op in last.values()],
-        )
-
-
-_Write = tuple[Operation, Future[Any], AfterCommit | None]
-
-
 class Store:
     def __init__(self, url: str):
         self._lock = lock_store(url)
@@ -143,18 +86,12 @@ class Store:
         except BaseException:
             self._unlock()
             raise
-        self._writes: queue.Queue[_Write | None] = queue.Queue()
         self._loss_room = threading.Semaphore(MAX_PENDING_LOSS_WRITES)
-        self._closing = False
-        self.unwritable: StoreUnwritable | None = None  # set while commits fail
-        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
-        self._writer.start()
+        self._writer = Writer(self.engine)
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close connections."""
-        self._closing = True
-        self._writes.put(None)
-        self._writer.join(timeout=30)
+        self._writer.close()
         self.engine.dispose()
         self._unlock()
 
@@ -164,25 +101,29 @@ class Store:
             self._lock = None
 
     @property
+    def observe_commit(self) -> Callable[[float], None]:
+        """Told the seconds of each committed transaction, on the writer's thread (metrics)."""
+        return self._writer.observe_commit
+
+    @observe_commit.setter
+    def observe_commit(self, observe: Callable[[float], None]) -> None:
+        self._writer.observe_commit = observe
+
+    @property
     def writable(self) -> bool:
-        return self.unwritable is None
+        return self._writer.unwritable is None
 
     def check_writable(self) -> None:
         """Raise StoreUnwritable while commits fail (a request then gets 503, not a wait)."""
-        unwritable = self.unwritable
+        unwritable = self._writer.unwritable
         if unwritable is not None:
             raise unwritable
 
     # -- writes (any thread; the writer commits them in order) -----------------------------
-    def _submit(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._writes.put((op, future, after))
-        return future
-
     def write(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
         """Run `op(connection)` in the writer's next transaction; resolves with its result
         (for the store's other tables, app.store.sweeps)."""
-        return self._submit(op, after)
+        return self._writer.submit(op, after)
 
     def insert_job(self, values: dict[str, Any]) -> Future[JobRow]:
         """Store a new job; resolves with its row."""
@@ -192,7 +133,7 @@ class Store:
             pk = result.inserted_primary_key[0]  # type: ignore[index]
             return JobRow.from_mapping({**values, "pk": pk})
 
-        return self._submit(op)
+        return self._writer.submit(op)
 
     def update_job(
         self,
@@ -216,7 +157,7 @@ class Store:
                 return None
             return _job_by(conn, jobs.c.pk == job_pk)
 
-        return self._submit(op, after)
+        return self._writer.submit(op, after)
 
     def append_losses(
         self,
@@ -232,7 +173,7 @@ class Store:
         def release(_: object) -> None:
             self._loss_room.release()
 
-        future = self._submit(_AppendLosses(job_pk, first_step, values), after)
+        future = self._writer.submit(AppendLosses(job_pk, first_step, values), after)
         future.add_done_callback(release)
         return future
 
@@ -246,7 +187,7 @@ class Store:
             ).rowcount
             return bool(deleted)
 
-        return self._submit(op)
+        return self._writer.submit(op)
 
     def requeue_unfinished(self) -> list[JobRow]:
         """At start-up: every queued or running job, back to `queued` with its `step` cut to the
@@ -274,101 +215,7 @@ class Store:
                 rows.append(row)
             return rows
 
-        return self._submit(op).result()
-
-    # -- the writer -------------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._writes.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < 2000:
-                try:
-                    item = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Write]) -> None:
-        pause = 0.05
-        gave_up_at: float | None = None
-        while True:
-            try:
-                results = self._apply(batch)
-                break
-            except Exception as exc:
-                if not cannot_write_now(exc):
-                    self._isolate(batch, exc)
-                    return
-                self._mark_unwritable(exc)
-                if self._closing:
-                    gave_up_at = gave_up_at or time.monotonic() + CLOSE_GRACE_SECONDS
-                    if time.monotonic() > gave_up_at:
-                        log.error("job store: %d writes not committed at shutdown", len(batch))
-                        for _, future, _after in batch:
-                            future.set_exception(exc)
-                        return
-                time.sleep(pause)
-                pause = min(MAX_RETRY_PAUSE, pause * 2)
-        self._mark_writable()
-        for (_, future, after), result in zip(batch, results, strict=True):
-            if after is not None:
-                try:
-                    after(result)
-                except Exception:
-                    log.exception("after-commit callback failed")
-            future.set_result(result)
-
-    def _apply(self, batch: list[_Write]) -> list[Any]:
-        """Run the batch's writes in one transaction; their results, in order."""
-        with self.engine.begin() as conn:
-            results: list[Any] = []
-            i = 0
-            while i < len(batch):
-                if isinstance(batch[i][0], _AppendLosses):
-                    # consecutive loss batches (of any jobs) go in as one statement
-                    j = i
-                    while j < len(batch) and isinstance(batch[j][0], _AppendLosses):
-                        j += 1
-                    _AppendLosses.run_many(conn, [b[0] for b in batch[i:j]])  # type: ignore[misc]
-                    results.extend([None] * (j - i))
-                    i = j
-                else:
-                    results.append(batch[i][0](conn))
-                    i += 1
-            return results
-
-    def _isolate(self, batch: list[_Write], exc: Exception) -> None:
-        """A write that is wrong in itself (not the database's state): commit the others one by
-        one, and fail that one's future (its caller decides what it means)."""
-        if len(batch) > 1:
-            for item in batch:
-                self._commit([item])
-            return
-        log.error("job store: a write failed: %s", exc)
-        batch[0][1].set_exception(exc)
-
-    def _mark_unwritable(self, exc: Exception) -> None:
-        if self.unwritable is None:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-            self.unwritable = StoreUnwritable(time.monotonic(), reason)
-            log.error(
-                "job store cannot write (%s): training of running jobs pauses until it can; "
-                "retrying",
-                reason,
-            )
-
-    def _mark_writable(self) -> None:
-        if self.unwritable is not None:
-            since = self.unwritable.since
-            self.unwritable = None
-            log.warning("job store writes again after %.1f s", time.monotonic() - since)
+        return self._writer.submit(op).result()
 
     # -- reads (any thread) -----------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRow | None:

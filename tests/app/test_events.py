@@ -7,11 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
-from jobclient import Stream, all_losses, body, read_events
+from jobclient import Stream, all_losses, body, read_events, strict_json
 from servers import Server, submit, wait_final, wait_for
 
 # small tensors: a step costs less than its bookkeeping: long runs in steps, short in time
 TINY = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2}
+# the server's most steps: a job that runs until the test cancels it, however fast the CPU
+ENDLESS = {**TINY, "steps": 1_000_000}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,15 @@ def test_resuming_at_or_past_the_end_sends_only_the_statuses(
     assert stream.statuses[-1]["status"] == "succeeded"
 
 
+@pytest.mark.parametrize(("last_event_id", "first_step"), [("-1", 0), ("0", 1), ("017", 18)])
+def test_a_last_event_id_of_minus_one_or_digits_is_taken(
+    client: httpx.Client, finished_job: dict[str, Any], last_event_id: str, first_step: int
+) -> None:
+    stream = read_events(client, finished_job["id"], headers={"Last-Event-ID": last_event_id})
+    stream.assert_complete(first_step=first_step, final_status="succeeded")
+    assert stream.losses == finished_job["losses"][first_step:]
+
+
 def test_a_last_event_id_that_is_not_a_step_is_422(
     client: httpx.Client, finished_job: dict[str, Any]
 ) -> None:
@@ -82,44 +93,71 @@ def test_a_last_event_id_that_is_not_a_step_is_422(
     assert [e["loc"] for e in body(response)["detail"]] == [["header", "last-event-id"]]
 
 
-def test_a_subscriber_joining_mid_run_gets_every_step_exactly_once(client: httpx.Client) -> None:
-    steps = 20_000
-    job = submit(client, "tensors", hp={**TINY, "steps": steps}, seed=11)
+class Watcher:
+    """Reads one job's stream on a thread of its own; `seen` fills as events arrive."""
+
+    def __init__(self, pool: ThreadPoolExecutor, server: Server, job_id: str, **kw: Any):
+        self.seen: list[Any] = []
+        self.future = pool.submit(self._read, server, job_id, kw)
+
+    def _read(self, server: Server, job_id: str, kw: dict[str, Any]) -> Stream:
+        with server.client() as client:
+            return read_events(client, job_id, timeout=100, on_event=self.seen.append, **kw)
+
+    def live_past(self, step: int) -> bool:
+        """Whether a loss event after `step` has arrived."""
+        return any(e.event == "loss" and int(e.id) > step for e in list(self.seen))
+
+    def result(self) -> Stream:
+        return self.future.result(timeout=110)
+
+
+def test_a_subscriber_joining_mid_run_gets_every_step_exactly_once(
+    client: httpx.Client, shared_server: Server
+) -> None:
+    job = submit(client, "tensors", hp=ENDLESS, seed=11)
     wait_for(lambda: _step_reached(client, job["id"], 0), timeout=60)
 
-    stream = read_events(client, job["id"], timeout=100)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        watcher = Watcher(pool, shared_server, job["id"])
+        wait_for(lambda: watcher.seen)
+        joined = strict_json(watcher.seen[0].data)
+        # the history, then live steps: the job is cancelled once they flow
+        wait_for(lambda: watcher.live_past(joined["step"] + 1000), timeout=60)
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        stream = watcher.result()
 
-    joined = stream.statuses[0]
-    assert joined["status"] == "running" and 0 < joined["step"] < steps, joined  # mid-run
-    stream.assert_complete(first_step=0, final_status="succeeded")
-    assert stream.statuses[-1]["step"] == steps
+    assert joined["status"] == "running" and joined["step"] > 0, joined  # mid-run
+    stream.assert_complete(first_step=0, final_status="cancelled")
     assert (stream.steps, stream.losses) == all_losses(client, job["id"])
 
 
 def test_concurrent_subscribers_all_get_the_same_complete_stream(shared_server: Server) -> None:
-    steps = 8_000
-
-    def subscribe(job_id: str, **kw: Any) -> Stream:
-        with shared_server.client() as client:
-            return read_events(client, job_id, timeout=100, **kw)
-
     with shared_server.client() as client, ThreadPoolExecutor(max_workers=6) as pool:
-        job = submit(client, "custom_function", hp={**TINY, "steps": steps}, seed=12)
+        job = submit(client, "custom_function", hp=ENDLESS, seed=12)
+
+        def watch(**kw: Any) -> Watcher:
+            return Watcher(pool, shared_server, job["id"], **kw)
+
         # two from the start, three joining while it runs, one resuming from step 999
-        early = [pool.submit(subscribe, job["id"]) for _ in range(2)]
+        early = [watch() for _ in range(2)]
         wait_for(lambda: _step_reached(client, job["id"], 1000), timeout=60)
-        late = [pool.submit(subscribe, job["id"]) for _ in range(3)]
-        resumed = pool.submit(subscribe, job["id"], headers={"Last-Event-ID": "999"})
-        streams = [f.result(timeout=110) for f in early + late]
-        resumed_stream = resumed.result(timeout=110)
+        late = [watch() for _ in range(3)]
+        resumed = watch(headers={"Last-Event-ID": "999"})
+        at_join = body(client.get(f"/v1/jobs/{job['id']}"))["step"]
+        # every stream is live before the job is cancelled
+        wait_for(lambda: all(w.live_past(at_join) for w in [*early, *late, resumed]), 60)
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        streams = [w.result() for w in early + late]
+        resumed_stream = resumed.result()
         stored = all_losses(client, job["id"])
 
     joined = [s.statuses[0] for s in streams[2:]]
-    assert any(j["status"] == "running" and j["step"] > 1000 for j in joined), joined  # mid-run
+    assert all(j["status"] == "running" and j["step"] >= 1000 for j in joined), joined  # mid-run
     for stream in streams:
-        stream.assert_complete(first_step=0, final_status="succeeded")
+        stream.assert_complete(first_step=0, final_status="cancelled")
         assert (stream.steps, stream.losses) == stored
-    resumed_stream.assert_complete(first_step=1000, final_status="succeeded")
+    resumed_stream.assert_complete(first_step=1000, final_status="cancelled")
     assert resumed_stream.losses == stored[1][1000:]
 
 

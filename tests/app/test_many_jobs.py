@@ -1,5 +1,5 @@
 """Twenty jobs submitted at once: every one completes with all its losses, and a run is a pure
-function of (variant, hyperparameters, seed) even when others run beside it."""
+function of (variant, hyperparameters, seed, threads) even when others run beside it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ VARIANTS = list(VARIANT_CATALOGUE)
 def test_twenty_jobs_at_once_all_succeed_and_equal_specs_give_identical_losses(
     shared_server: Server,
 ) -> None:
-    twin_dynamic = {"variant": "dynamic", "seed": 99, "hp": {"steps": 60, "hidden": 40}}
-    twin_optim = {"variant": "optim", "seed": 7, "hp": {"steps": 45}}
+    # the twins pin their thread count: the others get theirs from the cores free when they start
+    twin_dynamic = {
+        "variant": "dynamic",
+        "seed": 99,
+        "hp": {"steps": 60, "hidden": 40},
+        "threads": 1,
+    }
+    twin_optim = {"variant": "optim", "seed": 7, "hp": {"steps": 45}, "threads": 1}
     other_seed = {**twin_dynamic, "seed": 100}
     specs: list[dict[str, Any]] = [twin_dynamic, twin_optim, other_seed]
     specs += [{"variant": VARIANTS[i % 8], "hp": {"steps": 30 + i}} for i in range(15)]
@@ -44,4 +50,5 @@ def test_twenty_jobs_at_once_all_succeed_and_equal_specs_give_identical_losses(
     assert bits(0) == bits(18), "same dynamic spec and seed, different losses"
     assert bits(1) == bits(19), "same optim spec and seed, different losses"
     assert finished[0]["seed"] == finished[18]["seed"] == 99
+    assert {finished[i]["environment"]["threads"] for i in (0, 1, 18, 19)} == {1}
     assert bits(0) != bits(2), "another seed gave the very same losses: is the seed used?"

@@ -14,7 +14,9 @@ from jobclient import FINAL, Stream, all_losses, body, read_events
 from servers import Server, submit, wait_final, wait_for
 
 TINY = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2}
-LONG = {**TINY, "steps": 8_000}  # a second or more of work: still running at the stop
+# the server's most steps: still running at the stop however fast the CPU, and after the restart
+# until the test cancels it
+ENDLESS = {**TINY, "steps": 1_000_000}
 
 
 def _snapshot(server: Server, job_ids: list[str]) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 submit(client, "dynamic", hp={"steps": 30}, seed=2, label="dyn")["id"],
                 submit(client, "numpy", hp={"steps": 50, "learning_rate": 1.0})["id"],
             ]
-            cancelled = submit(client, "tensors", hp={**TINY, "steps": 1_000_000})["id"]
+            cancelled = submit(client, "tensors", hp=ENDLESS)["id"]
             wait_for(lambda: body(client.get(f"/v1/jobs/{cancelled}"))["step"] > 0, timeout=60)
             assert client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 202
             finished.append(cancelled)
@@ -59,7 +61,7 @@ def restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
             before = _snapshot(first, finished)
 
-            interrupted = submit(client, "tensors", hp=LONG, seed=3)["id"]
+            interrupted = submit(client, "tensors", hp=ENDLESS, seed=3)["id"]
 
             subscribed = threading.Event()
 
@@ -80,6 +82,7 @@ def restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             exit_code = first.stop(signal.SIGTERM)
             stop_seconds = time.monotonic() - began
             stream = watching.result(timeout=30)
+        ((step_at_stop,),) = first.query("SELECT step FROM jobs WHERE id = :id", id=interrupted)
 
         second = Server(data_dir, {"TRAINWIRE_CPU_WORKERS": "2"})
         servers.append(second.start())
@@ -92,6 +95,7 @@ def restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "stop_seconds": stop_seconds,
             "stream": stream,
             "interrupted": interrupted,
+            "step_at_stop": step_at_stop,
         }
     finally:
         for server in servers:
@@ -131,15 +135,25 @@ def test_finished_jobs_replay_their_streams_after_restart(restart: dict[str, Any
 def test_a_job_interrupted_by_the_shutdown_runs_again_to_the_same_losses(
     restart: dict[str, Any],
 ) -> None:
+    job_id, step_at_stop = restart["interrupted"], restart["step_at_stop"]
+    assert step_at_stop > 100
     with restart["second"].client() as client:
-        job = wait_final(client, restart["interrupted"], timeout=90)
-        assert job["status"] == "succeeded", job
-        assert job["step"] == job["steps"] == LONG["steps"]
-        resumed = all_losses(client, job["id"])
-        assert resumed[0] == list(range(LONG["steps"]))
+
+        def cancelled_past(job: str, step: int) -> dict[str, Any]:
+            """Wait until `job` has run past `step`, then cancel it; its final object."""
+            wait_for(lambda: body(client.get(f"/v1/jobs/{job}"))["step"] > step, timeout=90)
+            assert client.post(f"/v1/jobs/{job}/cancel").status_code == 202
+            return wait_final(client, job)
+
+        # it runs again, past where the stop left it (what was stored is recomputed, not
+        # stored twice)
+        job = cancelled_past(job_id, step_at_stop + 100)
+        assert job["status"] == "cancelled", job
+        assert job["attempts"] == 2
+        resumed = all_losses(client, job_id)
+        assert resumed[0] == list(range(job["step"]))
 
         # the same spec and seed run from scratch: the resumed run is indistinguishable from it
-        fresh = wait_final(client, submit(client, "tensors", hp=LONG, seed=3)["id"])
-        assert [x.hex() for x in all_losses(client, fresh["id"])[1]] == [
-            x.hex() for x in resumed[1]
-        ]
+        fresh = cancelled_past(submit(client, "tensors", hp=ENDLESS, seed=3)["id"], job["step"])
+        fresh_losses = all_losses(client, fresh["id"])[1][: job["step"]]
+        assert [x.hex() for x in fresh_losses] == [x.hex() for x in resumed[1]]

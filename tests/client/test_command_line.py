@@ -257,7 +257,9 @@ def test_watch_on_a_terminal_shows_a_progress_bar(shared_server: Server) -> None
     assert "\n1999 " not in screen  # the bar, not the lines
 
 
-@pytest.mark.parametrize("module", ["trainwire", "trainwire.cli"])
+@pytest.mark.parametrize(
+    "module", ["trainwire", "trainwire.cli", "trainwire.jobs", "trainwire.models"]
+)
 def test_the_client_loads_no_torch_and_no_server_code(module: str) -> None:
     code = (
         f"import sys, {module}\n"

@@ -167,6 +167,19 @@ def test_schema_declares_an_http_bearer_scheme_on_every_v1_route(server: Server)
                 assert not names, (method, path)
 
 
+def test_without_a_token_the_schema_asks_for_none(shared_server: Server) -> None:
+    """A server with no token takes every request without one: its schema must not say
+    otherwise, or a client generated from it sends a header that means nothing."""
+    with shared_server.client() as client:
+        schema = client.get("/openapi.json").json()
+        assert client.get("/v1/jobs").status_code == 200
+    assert not schema.get("components", {}).get("securitySchemes")
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert not operation.get("security"), (method, path)
+            assert "401" not in operation["responses"], (method, path)
+
+
 def test_token_never_reaches_the_log(server: Server, authed: httpx.Client) -> None:
     job_id = str(submit(authed, "numpy", hp={"steps": 3}, seed=3)["id"])
     wait_final(authed, job_id)
@@ -180,6 +193,65 @@ def test_token_never_reaches_the_log(server: Server, authed: httpx.Client) -> No
     log = str(wait_for(lambda: "/healthz?logged" in server.log() and server.log(), 10))
     assert TOKEN not in log
     assert f"/v1/jobs/{job_id}/events?after=0&access_token=[redacted]" in log
+
+
+def percent_encoded(text: str, lower: bool = False) -> str:
+    """Every character of `text` as %XX: a spelling that decodes to `text`."""
+    encoded = "".join(f"%{b:02X}" for b in text.encode())
+    return encoded.lower() if lower else encoded
+
+
+# Query strings that carry the token, as sent: the spellings Starlette decodes to
+# `access_token` (percent-encoded names, any case of hex digit), and mistakes that do not reach
+# the token check but still put the token in the URL (other cases, `;` or a second `?` as a
+# separator, other names, the token alone or percent-encoded, the token in the path).
+SPELLINGS = [
+    "access_token={token}",
+    "access%5ftoken={token}",
+    "%61ccess_token={token}",
+    percent_encoded("access_token", lower=True) + "={token}",
+    "after=0&access_token={encoded_token}",
+    "ACCESS_TOKEN={token}",
+    "Access_Token={token}",
+    "access-token={token}",
+    "accessToken={token}",
+    "token={token}",
+    "api_key={token}",
+    "Authorization=Bearer+{token}",
+    "after=0;access_token={token}",
+    "after=0?access_token={token}",
+    "after=0&access_token={token};after=1",
+    "q={token}",
+    "{token}",
+    "q={encoded_token}",
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_no_spelling_of_the_query_token_reaches_the_log(server: Server, spelling: str) -> None:
+    query = spelling.format(token=TOKEN, encoded_token=percent_encoded(TOKEN))
+    marker = f"/healthz?spelling-{SPELLINGS.index(spelling)}"
+    with server.client() as client:
+        start = len(server.log())
+        client.get(f"/v1/jobs?{query}")
+        client.get(f"/v1/variants?{query}")
+        assert client.get(marker).status_code == 200
+    log = str(wait_for(lambda: marker in server.log()[start:] and server.log()[start:], 10))
+    assert "/v1/jobs?" in log and "/v1/variants?" in log, log
+    for shown in (TOKEN, percent_encoded(TOKEN), percent_encoded(TOKEN, lower=True)):
+        assert shown not in log, log
+    assert TOKEN.lower() not in log.lower()
+
+
+def test_a_token_in_the_path_does_not_reach_the_log(server: Server) -> None:
+    with server.client() as client:
+        start = len(server.log())
+        assert client.get(f"/v1/jobs/{TOKEN}").status_code == 401
+        assert client.get(f"/v1/jobs/{percent_encoded(TOKEN)}/losses").status_code == 401
+        assert client.get("/healthz?path-token").status_code == 200
+    log = str(wait_for(lambda: "path-token" in server.log()[start:] and server.log()[start:], 10))
+    assert TOKEN.lower() not in log.lower(), log
+    assert percent_encoded(TOKEN) not in log, log
 
 
 def test_cors_allows_the_configured_origin(server: Server) -> None:

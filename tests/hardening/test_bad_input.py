@@ -7,6 +7,7 @@ part of its log written for that request must hold no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -190,6 +191,16 @@ CASES = [
         ("header", "last-event-id"),
         **{"Last-Event-ID": "1.5"},
     ),
+    # Python's int() takes each of these; an event id is -1 or digits, nothing else
+    *(
+        get(
+            f"Last-Event-ID {value}",
+            "/v1/jobs/{job}/events",
+            ("header", "last-event-id"),
+            **{"Last-Event-ID": value},
+        )
+        for value in ["1_7", "+17", "-0", "-2", "-01", "0x11", "1e3"]
+    ),
 ]
 
 # Integers past SQLite's 64 bits reach the store and fail there (see the reason): the correct
@@ -297,3 +308,64 @@ def test_out_of_range_integers_get_a_4xx_or_an_empty_page(
         assert response.text.count("event: status") == 2, response.text
     log = log_of_request(shared_server, start, f"range-{bad.name.replace(' ', '-')}")
     assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_is_a_json_413_however_it_is_framed(
+    shared_server: Server, framing: str
+) -> None:
+    payload = b'{"variant": "numpy", "label": "' + b"x" * (1 << 20) + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(payload), 64 << 10):
+            yield payload[start : start + (64 << 10)]
+
+    content = payload if framing == "content-length" else chunks()
+    with shared_server.client() as client:
+        response = client.post(
+            "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 413, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = strict_json(response.text)["detail"]
+    assert isinstance(detail, str) and detail
+
+
+@pytest.mark.parametrize("where", ["top level", "hyperparameters"])
+def test_a_body_with_thousands_of_errors_gets_a_short_422(
+    shared_server: Server, where: str
+) -> None:
+    """60,000 unknown keys fit in a 1 MiB body; the answer lists the first few and a count."""
+    unknown = {f"k{i}": 0 for i in range(60_000)}
+    payload: dict[str, Any] = {"variant": "numpy"}
+    if where == "top level":
+        payload.update(unknown)
+    else:
+        payload["hyperparameters"] = unknown
+    with shared_server.client() as client:
+        response = client.post("/v1/jobs", json=payload)
+    assert response.status_code == 422
+    assert len(response.content) < 64 << 10, len(response.content)
+    detail = strict_json(response.text)["detail"]
+    listed, rest = detail[:-1], detail[-1]
+    assert len(listed) == 50
+    assert all(error["type"] == "extra_forbidden" for error in listed)
+    assert listed[0]["loc"][-1] == "k0"
+    assert rest["type"] == "too_many_errors"
+    assert "59,950 more" in rest["msg"]
+    assert rest["loc"] == listed[0]["loc"][:1]
+
+
+def test_concurrent_deletes_of_one_job_delete_it_once(client: httpx.Client) -> None:
+    job = submit(client, "numpy", hp={"steps": 3}, seed=5)
+    wait_final(client, job["id"])
+
+    async def deletes() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as aclient:
+            answers = await asyncio.gather(
+                *(aclient.delete(f"/v1/jobs/{job['id']}") for _ in range(20))
+            )
+        return [a.status_code for a in answers]
+
+    codes = asyncio.run(deletes())
+    assert codes.count(204) == 1 and codes.count(404) == 19, codes

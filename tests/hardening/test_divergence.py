@@ -78,7 +78,8 @@ def diverged(shared_server: Server) -> Iterator[Diverged]:
     workers = int(shared_server.env["TRAINWIRE_CPU_WORKERS"])
     with shared_server.client() as client:
         blockers = [
-            submit(client, "tensors", hp=BLOCKER, seed=i, device="cpu")["id"]
+            # one thread each: a blocker alone would take every core, and the next would wait
+            submit(client, "tensors", hp=BLOCKER, seed=i, device="cpu", threads=1)["id"]
             for i in range(workers)
         ]
         wait_for(

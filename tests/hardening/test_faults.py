@@ -1,10 +1,13 @@
 """A job that cannot get its memory fails alone: out_of_memory, and the worker goes on.
 
-The server's memory budget is raised far above this machine's memory, so that the requests pass
-the budget check and then really fail to allocate: ~300 GiB matrices, refused at once by the
-kernel (no swapping). Two ways to fail are covered: numpy's MemoryError while the problem is drawn,
-and torch's CPU allocator (a RuntimeError) in the first forward pass. One worker runs every job in
-turn, so the jobs after the faults run on the worker that met them.
+The server's memory budget is raised far above any machine's memory, so that the requests pass
+the budget check and then really fail to allocate: ~300 GiB matrices. The server runs with its
+address space capped (RLIMIT_AS, which its worker processes inherit) far below that and far above
+what it needs, so the allocations are refused at once whatever the host's overcommit policy
+(with `vm.overcommit_memory=1` the kernel would grant them, and the OOM killer would end the
+worker while the pages were filled). Two ways to fail are covered: numpy's MemoryError while the
+problem is drawn, and torch's CPU allocator (a RuntimeError) in the first forward pass. One
+worker runs every job in turn, so the jobs after the faults run on the worker that met them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 
 from servers import Server, submit, wait_final
 
+# a server with torch loaded maps ~1 GiB (more with CUDA's libraries): 64 GiB is room to spare,
+# and a fifth of one 298 GiB matrix
+ADDRESS_SPACE = 64 << 30
 NORMAL = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 300}
 FAULTS = {
     # numpy: w1 (D_in, H) of 200000 x 200000 float64 = 298 GiB, drawn before the first step
@@ -37,7 +43,12 @@ def losses(client: Any, job_id: str) -> list[float | None]:
 def test_out_of_memory_fails_that_job_only_and_the_worker_goes_on(
     make_server: Callable[..., Server],
 ) -> None:
-    server = make_server(TRAINWIRE_CPU_WORKERS="1", TRAINWIRE_MAX_JOB_BYTES=str(10**15))
+    server = make_server(
+        TRAINWIRE_CPU_WORKERS="1",
+        TRAINWIRE_MAX_JOB_BYTES=str(10**15),
+        CUDA_VISIBLE_DEVICES="",  # a CPU-only server: a CUDA context maps far more than 64 GiB
+        address_space=ADDRESS_SPACE,
+    )
     with server.client() as client:
         before = submit(client, "tensors", hp=NORMAL, seed=11, device="cpu")
         faults = [

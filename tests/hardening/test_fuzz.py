@@ -5,9 +5,10 @@ to a live server and checks each answer: never a 5xx, a body that matches the do
 and invalid data rejected with a 4xx. The server runs with small limits so that every job the
 fuzzer manages to start is short, and the event stream of such a job ends when the job does.
 
-The schema is the app's own `openapi()` document, built at import so that pytest lists one test
-per operation (schemathesis's fixture-based loader does not run on pytest 9.2); a test checks
-that the live server serves exactly this document at /openapi.json.
+Two servers are fuzzed, one with no token set and one with a token, each against the schema it
+serves. The schemas are the app's own `openapi()` documents, built at import so that pytest lists
+one test per operation (schemathesis's fixture-based loader does not run on pytest 9.2); a test
+checks that the live servers serve exactly these documents at /openapi.json.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from servers import Server
 
-# Examples per operation; the run stays well under 90 s on two cores.
+# Examples per operation; each server's run stays well under 90 s on two cores.
 MAX_EXAMPLES = 30
-# The schema says every /v1 route takes a bearer token, so the fuzzed server asks for one:
-# schemathesis sends it, and also leaves it out on purpose (which must be a 401).
+# Each schema is fuzzed against a server that works as it says: with no token set, no route asks
+# for one; with a token, every /v1 route does, and schemathesis sends it, and also leaves it out
+# on purpose (which must be a 401).
 TOKEN = "fuzz-token"
 
 # Answers the schema does not list yet, each a known gap in an operation's `responses`:
@@ -59,56 +61,79 @@ CHECKS = [
 ]
 
 
+LIMITS = {
+    "TRAINWIRE_CPU_WORKERS": "1",
+    "TRAINWIRE_MAX_STEPS": "200",
+    "TRAINWIRE_MAX_JOB_BYTES": str(16 << 20),
+    "TRAINWIRE_JOB_TIMEOUT_S": "10",
+}
+
+
 @pytest.fixture(scope="module")
-def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir: Path = tmp_path_factory.mktemp("fuzz")
-    server = Server(
-        data_dir,
-        {
-            "TRAINWIRE_CPU_WORKERS": "1",
-            "TRAINWIRE_MAX_STEPS": "200",
-            "TRAINWIRE_MAX_JOB_BYTES": str(16 << 20),
-            "TRAINWIRE_JOB_TIMEOUT_S": "10",
-            "TRAINWIRE_API_TOKEN": TOKEN,
-        },
-    ).start()
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir: Path = tmp_path_factory.mktemp("fuzz-open")
+    server = Server(data_dir, LIMITS).start()
     yield server
     server.kill()
 
 
-def _openapi_document() -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir: Path = tmp_path_factory.mktemp("fuzz-guarded")
+    server = Server(data_dir, {**LIMITS, "TRAINWIRE_API_TOKEN": TOKEN}).start()
+    yield server
+    server.kill()
+
+
+def _openapi_document(token: str | None) -> dict[str, Any]:
     from app.main import create_app
+    from app.settings import Settings
 
-    return create_app().openapi()
+    return create_app(Settings(api_token=token)).openapi()
 
 
-OPENAPI = _openapi_document()
-schema = schemathesis.openapi.from_dict(
-    OPENAPI,
+OPEN_OPENAPI = _openapi_document(None)
+GUARDED_OPENAPI = _openapi_document(TOKEN)
+open_schema = schemathesis.openapi.from_dict(OPEN_OPENAPI)
+guarded_schema = schemathesis.openapi.from_dict(
+    GUARDED_OPENAPI,
     config=schemathesis.Config.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}}}),
 )
-
-
-def test_the_fuzzed_schema_is_the_one_the_server_serves(fuzzed_server: Server) -> None:
-    served = httpx.get(f"{fuzzed_server.url}/openapi.json", timeout=30).json()
-    assert served == OPENAPI
-
-
-@schema.parametrize()
-@settings(
+FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
     database=None,  # no .hypothesis/ folder in the work tree
     suppress_health_check=list(HealthCheck),
     derandomize=True,  # the same examples on every run: a CI failure can be replayed
 )
-def test_api_answers_every_generated_request_within_its_schema(
-    case: schemathesis.Case, fuzzed_server: Server
+
+
+def test_the_fuzzed_schemas_are_the_ones_the_servers_serve(
+    open_server: Server, guarded_server: Server
 ) -> None:
-    case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=30)
+    for server, document in [(open_server, OPEN_OPENAPI), (guarded_server, GUARDED_OPENAPI)]:
+        served = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+        assert served == document
 
 
-def test_fuzzing_left_no_traceback_in_the_log(fuzzed_server: Server) -> None:
-    with httpx.Client(base_url=fuzzed_server.url, timeout=30) as client:
-        assert client.get("/readyz").status_code == 200
-    assert "Traceback" not in fuzzed_server.log(), fuzzed_server.log()
+@open_schema.parametrize()
+@FUZZ_SETTINGS
+def test_api_without_a_token_answers_every_generated_request_within_its_schema(
+    case: schemathesis.Case, open_server: Server
+) -> None:
+    case.call_and_validate(base_url=open_server.url, checks=CHECKS, timeout=30)
+
+
+@guarded_schema.parametrize()
+@FUZZ_SETTINGS
+def test_api_with_a_token_answers_every_generated_request_within_its_schema(
+    case: schemathesis.Case, guarded_server: Server
+) -> None:
+    case.call_and_validate(base_url=guarded_server.url, checks=CHECKS, timeout=30)
+
+
+def test_fuzzing_left_no_traceback_in_the_log(open_server: Server, guarded_server: Server) -> None:
+    for server in (open_server, guarded_server):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/readyz").status_code == 200
+        assert "Traceback" not in server.log(), server.log()

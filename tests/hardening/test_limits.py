@@ -6,9 +6,11 @@ microseconds, so the job holds its worker for minutes unless it is stopped.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
+import httpx
 from servers import Server, submit, wait_final, wait_for
 
 LONG = {"batch_size": 2, "d_in": 2, "hidden": 2, "d_out": 1, "steps": 1_000_000}
@@ -59,3 +61,57 @@ def test_job_past_its_time_limit_fails_with_timeout(make_server: Callable[..., S
 
         # the worker goes on to the next job
         assert wait_final(client, short)["status"] == "succeeded"
+
+
+def test_concurrent_submissions_never_queue_past_the_limit(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(TRAINWIRE_CPU_WORKERS="1", TRAINWIRE_MAX_QUEUED="10")
+    with server.client() as client:
+        running = submit(client, "tensors", hp=LONG, seed=1, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{running}").json()["status"] == "running")
+
+    async def flood() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as aclient:
+            body = {"variant": "numpy", "hyperparameters": SHORT}
+            answers = await asyncio.gather(
+                *(aclient.post("/v1/jobs", json=body) for _ in range(200))
+            )
+        return [a.status_code for a in answers]
+
+    codes = asyncio.run(flood())
+    assert sorted(set(codes)) == [201, 429]
+    assert codes.count(201) == 10
+    with server.client() as client:
+        queued = client.get("/v1/jobs", params={"status": "queued", "limit": 500}).json()
+        assert len(queued["items"]) == 10
+        assert client.post(f"/v1/jobs/{running}/cancel").status_code == 202
+
+
+def test_retry_after_follows_the_work_queued(make_server: Callable[..., Server]) -> None:
+    server = make_server(TRAINWIRE_CPU_WORKERS="1", TRAINWIRE_MAX_QUEUED="3")
+    with server.client() as client:
+        # a finished job teaches the server how long a step takes here
+        done = submit(client, "tensors", hp={**LONG, "steps": 20_000}, seed=9, device="cpu")
+        assert wait_final(client, done["id"], timeout=120)["status"] == "succeeded"
+        running = submit(client, "tensors", hp=LONG, seed=1, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{running}").json()["status"] == "running")
+
+        def retry_after() -> int:
+            refused = client.post("/v1/jobs", json={"variant": "numpy", "hyperparameters": SHORT})
+            assert refused.status_code == 429, refused.text
+            return int(refused.headers["Retry-After"])
+
+        short = [
+            submit(client, "tensors", hp={**LONG, "steps": 10}, seed=s)["id"] for s in (2, 3, 4)
+        ]
+        little = retry_after()
+        for job_id in short:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        # a hundred times the work queued: a wait that says so (cancelled jobs count for nothing)
+        for s in (5, 6, 7):
+            submit(client, "tensors", hp={**LONG, "steps": 1_000_000}, seed=s)
+        much = retry_after()
+        assert much > little, (little, much)
+        for job in client.get("/v1/jobs", params={"status": ["queued", "running"]}).json()["items"]:
+            client.post(f"/v1/jobs/{job['id']}/cancel")

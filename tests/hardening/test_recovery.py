@@ -1,10 +1,11 @@
 """kill -9 in the middle of a run: the next start finishes everything, and the curve is exact.
 
-One worker runs a long job (the tensors program on a small problem, 20,000 steps, fixed seed) with
-two more queued behind it when the process is killed with no chance to clean up. A new server on
-the same SQLite file must run the queued jobs, run the interrupted one again (its stored steps
-are recomputed bit for bit and not stored twice), and end it with exactly the curve of an
-uninterrupted run with the same seed and hyperparameters.
+One worker runs a job that goes on until it is cancelled (the tensors program on a small problem
+with the server's most steps, fixed seed) with two more queued behind it when the process is
+killed with no chance to clean up. A new server on the same SQLite file must run the interrupted
+job again (its stored steps are recomputed bit for bit and not stored twice) past where the kill
+left it, with exactly the curve of an uninterrupted run with the same seed and hyperparameters,
+and run the queued jobs once it is cancelled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 from httpx_sse import connect_sse
 from servers import FINAL, Server, submit, wait_for
 
-CURVE = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 20_000}
+CURVE = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 1_000_000}
 SEED = 1234
 KILL_AFTER_STEP = 2_000
 
@@ -34,9 +35,28 @@ def stored_steps(server: Server, job_id: str) -> tuple[int, int, int | None, int
 
 
 def all_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
-    page = client.get(f"/v1/jobs/{job_id}/losses", params={"limit": 100_000}).json()
-    assert page["next_after"] is None
-    return page["steps"], page["losses"]
+    """Every stored loss of the job, page by page."""
+    steps: list[int] = []
+    losses: list[float | None] = []
+    after: int | None = -1
+    while after is not None:
+        page = client.get(f"/v1/jobs/{job_id}/losses", params={"after": after}).json()
+        steps += page["steps"]
+        losses += page["losses"]
+        after = page["next_after"]
+    return steps, losses
+
+
+def cancelled_past(client: httpx.Client, job_id: str, step: int) -> dict[str, Any]:
+    """Wait until the job has run past `step`, cancel it, and return it once it is final."""
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["step"] > step, timeout=90)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    return dict(wait_for(lambda: _final(client, job_id), timeout=30))
+
+
+def _final(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job if job["status"] in FINAL else None
 
 
 class Subscriber(threading.Thread):
@@ -59,7 +79,7 @@ class Subscriber(threading.Thread):
             self.error = exc
 
 
-def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
+def test_kill_9_then_restart_runs_the_job_again_to_the_exact_curve_and_the_queue_on(
     make_server: Callable[..., Server],
 ) -> None:
     first = make_server(TRAINWIRE_CPU_WORKERS="1")
@@ -85,6 +105,12 @@ def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
     subscriber.start()
     mine = [long, *queued]
     with second.client() as client:
+        # the interrupted job runs again first, on the one worker, past the step of the kill
+        rerun = cancelled_past(client, long, high + KILL_AFTER_STEP)
+        assert rerun["status"] == "cancelled", rerun
+        assert rerun["error"] is None
+        assert rerun["attempts"] == 2
+        n = rerun["step"]
 
         def all_final() -> bool:
             running = client.get("/v1/jobs", params={"status": "running"}).json()["items"]
@@ -93,33 +119,57 @@ def test_kill_9_then_restart_finishes_every_job_with_the_exact_curve(
             return all(job["status"] in FINAL for job in jobs)
 
         wait_for(all_final, timeout=90, interval=0.1)
-        rerun, *others = (client.get(f"/v1/jobs/{j}").json() for j in mine)
+        others = [client.get(f"/v1/jobs/{j}").json() for j in queued]
         assert [job["status"] for job in others] == ["succeeded", "succeeded"]
-        assert rerun["status"] == "succeeded", rerun
-        assert rerun["error"] is None
-        assert rerun["attempts"] == 2
-        assert rerun["step"] == CURVE["steps"]
 
-        # the same job, never interrupted
+        # the same job, never interrupted, as far as the rerun went
         reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
-        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 90)
+        cancelled_past(client, reference, n)
         steps, losses = all_losses(client, long)
         reference_steps, reference_losses = all_losses(client, reference)
-        assert steps == reference_steps == list(range(CURVE["steps"]))
-        assert losses == reference_losses  # bit for bit: JSON floats round-trip exactly
+        assert steps == reference_steps[:n] == list(range(n))
+        assert losses == reference_losses[:n]  # bit for bit: JSON floats round-trip exactly
 
         # nothing is left running or queued without a worker
         for status in ("running", "queued"):
             assert client.get("/v1/jobs", params={"status": status}).json()["items"] == []
 
-    n = CURVE["steps"]
     assert stored_steps(second, long) == (n, n, 0, n - 1)
 
     subscriber.join(60)
     assert not subscriber.is_alive(), "the stream did not end"
     assert subscriber.error is None, repr(subscriber.error)
     statuses: list[dict[str, Any]] = [json.loads(d) for e, d in subscriber.events if e == "status"]
-    assert statuses[-1]["status"] == "succeeded"
+    assert statuses[-1]["status"] == "cancelled"
     assert len(statuses) >= 2
     seen = [json.loads(d)["step"] for e, d in subscriber.events if e == "loss"]
     assert seen == list(range(n))  # every step once, in order, across the replay and live parts
+
+
+def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
+    make_server: Callable[..., Server],
+) -> None:
+    first = make_server(TRAINWIRE_CPU_WORKERS="1")
+    with first.client() as client:
+        long = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{long}").json()["step"] >= KILL_AFTER_STEP, 60)
+    first.kill()
+    # a store that lost rows in the middle (and whose job row claims more than it holds)
+    first.execute(
+        "DELETE FROM losses WHERE step BETWEEN 500 AND 520 "
+        "AND job_pk = (SELECT pk FROM jobs WHERE id = :id)",
+        id=long,
+    )
+    first.execute("UPDATE jobs SET step = step + 1000 WHERE id = :id", id=long)
+
+    second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
+    with second.client() as client:
+        rerun = wait_for(
+            lambda: (j := client.get(f"/v1/jobs/{long}").json())["status"] in FINAL and j, 90
+        )
+        assert rerun["status"] == "succeeded" and rerun["step"] == CURVE["steps"]
+        reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 90)
+        steps, losses = all_losses(client, long)
+        assert steps == list(range(CURVE["steps"]))
+        assert losses == all_losses(client, reference)[1]

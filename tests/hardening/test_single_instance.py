@@ -15,7 +15,14 @@ from collections.abc import Callable
 
 from servers import ROOT, Server, free_port, submit, wait_final, wait_for
 
-LONG = {"batch_size": 64, "d_in": 1000, "hidden": 1000, "steps": 100_000, "learning_rate": 1e-9}
+# the server's most steps on a mid-size problem: it runs until it is cancelled
+ENDLESS = {
+    "batch_size": 64,
+    "d_in": 1000,
+    "hidden": 1000,
+    "steps": 1_000_000,
+    "learning_rate": 1e-9,
+}
 
 
 def test_a_second_server_on_the_same_file_refuses_to_start(
@@ -23,7 +30,7 @@ def test_a_second_server_on_the_same_file_refuses_to_start(
 ) -> None:
     first = make_server(TRAINWIRE_CPU_WORKERS="1")
     with first.client() as client:
-        running = submit(client, "tensors", hp=LONG, seed=1)
+        running = submit(client, "tensors", hp=ENDLESS, seed=1, device="cpu")
         wait_for(lambda: client.get(f"/v1/jobs/{running['id']}").json()["status"] == "running")
 
         second = make_server(data_dir=first.data_dir, start=False)

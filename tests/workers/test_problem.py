@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from workers import problem as problem_module
 from workers.problem import Problem
 from workers.variants import VARIANTS
 
@@ -188,3 +189,39 @@ def test_every_variant_starts_on_the_instance_of_its_seed(
     p = problem(seed)
     want = hand_written_loss(p) if variant in HANDWRITTEN else module_loss(p)
     assert got[0] == pytest.approx(want, rel=1e-12)
+
+
+# -- drawn a chunk at a time ------------------------------------------------------------------
+
+
+def one_draw(seed: int, key: tuple[int, ...], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """The arrays of `shapes` drawn from one stream as whole float64 arrays, in order."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+    return [rng.standard_normal(shape) for shape in shapes]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunk", [1, 37, 1000, 1 << 40])
+def test_chunked_draws_are_one_whole_draw_cast(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, chunk: int
+) -> None:
+    """Chunks that end mid-row, or one chunk for everything: the same numbers as drawing each
+    array whole in float64 and casting it, which is what fixes a seed's instance."""
+    monkeypatch.setattr(problem_module, "DRAW_CHUNK", chunk)
+    sizes = (23, 41, 13, 3)  # x 943 and w1 533 values: not a multiple of any chunk above
+    n, d_in, h, d_out = sizes
+    x, y, w1, w2 = problem(7, dtype, sizes).arrays()
+    want = [
+        *one_draw(7, (0,), [(n, d_in), (n, d_out)]),
+        *one_draw(7, (1,), [(d_in, h), (h, d_out)]),
+    ]
+    for got, whole in zip((x, y, w1, w2), want, strict=True):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, whole.astype(dtype))
+
+    layer = problem(7, dtype, sizes).linear("middle", 41, 13, CPU)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(7, spawn_key=(2, 2))))
+    bound = 1 / math.sqrt(41)
+    weight, bias = rng.uniform(-bound, bound, (13, 41)), rng.uniform(-bound, bound, (13,))
+    assert torch.equal(layer.weight.detach(), torch.from_numpy(weight.astype(dtype)))
+    assert torch.equal(layer.bias.detach(), torch.from_numpy(bias.astype(dtype)))
