@@ -10,6 +10,10 @@ Plain: a long-lived subprocess (`python -m bench.overhead --plain-worker [THREAD
 variant's own `train` in a thread, with a recorder that calls `.item()` on every step's loss as the
 tutorial does. Its wall time covers building the problem and the loop.
 
+Also shown: the CPU time of the server's own process (the HTTP, the store, the stream; the worker's
+child process apart) during each API run: with every core training, that time is taken from the
+job.
+
 Two pairs, each with the same seed and thread count on both sides (so the two runs must end on the
 same loss, bit for bit):
 - `default threads`: the server with its defaults (2 CPU workers, elastic threads: the lone job
@@ -223,8 +227,10 @@ def run(quick: bool) -> list[Figure]:
                                 result = worker.run(variant, steps, timeout=600)
                                 plain.setdefault((mode, variant), []).append(result)
                             else:
+                                service_cpu = srv.cpu_seconds()  # the worker's child apart
                                 with lower_priority(CLIENT_NICE):
                                     result = api_run(client, variant, steps)
+                                result["service_cpu"] = srv.cpu_seconds() - service_cpu
                                 api.setdefault((mode, variant), []).append(result)
                             result["steal"] = steal_seconds() - stolen
             finally:
@@ -262,6 +268,7 @@ def run(quick: bool) -> list[Figure]:
                     ms(plain_wall),
                     ms(api_wall),
                     ms(median([a["train"] for a in a_runs])),
+                    ms(median([a["service_cpu"] for a in a_runs])),
                     f"{ratio:.3f}",
                     f"{min(ratios):.3f}-{max(ratios):.3f}",
                     f"{best:.3f}",
@@ -291,6 +298,7 @@ def run(quick: bool) -> list[Figure]:
             "plain wall (median)",
             "API wall (median)",
             "API started→finished",
+            "service CPU per API run (median)",
             "ratio API/plain (median)",
             "ratio range",
             "ratio of best runs",
