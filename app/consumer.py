@@ -40,8 +40,10 @@ from workers.backend import Backend
 log = logging.getLogger(__name__)
 
 
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utcnow(at: float | None = None) -> str:
+    """`at` (seconds since the epoch; now when None) as ISO 8601 in UTC, to the millisecond."""
+    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def strict_losses(values: list[float]) -> list[float | None]:
@@ -155,7 +157,7 @@ class MessageConsumer:
         self.store.update_job(
             job.pk,
             status=JobStatus.running.value,
-            started_at=utcnow(),
+            started_at=utcnow(message.at),
             assigned_device=message.device,
             environment=message.environment,
             bump_attempts=True,
@@ -208,7 +210,7 @@ class MessageConsumer:
         self.store.update_job(
             job.pk,
             status=status.value,
-            finished_at=utcnow(),
+            finished_at=utcnow(message.at),
             error_code=code.value if code is not None else None,
             error_message=text,
             after=self.status_publisher(job_id, final=True, then_release=job_id),

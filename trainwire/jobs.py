@@ -10,6 +10,7 @@ off a backend's queue before it started gets a `Finished` alone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -81,6 +82,7 @@ class Started:
     job_id: str
     device: str
     environment: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)  # when it began (the job's started_at)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Finished:
     steps_done: int
     error_code: ErrorCode | None = None
     error_message: str | None = None
+    at: float = field(default_factory=time.time)  # when it ended (the job's finished_at)
 
 
 WorkerMessage = Started | LossBatch | Finished

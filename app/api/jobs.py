@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import StringConstraints
 from starlette.background import BackgroundTask
 
 from app.api.deps import LossesOf, Service, Streams
@@ -61,7 +62,7 @@ async def list_jobs(
         str | None, Query(max_length=200, description="next_cursor of the previous page.")
     ] = None,
     sweep: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None,
         Query(description="Only the runs of these sweeps (repeatable)."),
     ] = None,
 ) -> JobList:

@@ -114,7 +114,8 @@ def test_every_v1_route_answers_with_the_token(
     }
     assert v1_operations(authed) == set(expected), "a route this test does not know"
     # a job and a sweep to cancel, then delete; a finished sweep to read
-    running = str(submit(authed, "tensors", hp=LONG, seed=2, device="cpu")["id"])
+    # one thread: a job alone would take every core, and the sweeps would wait for it to end
+    running = str(submit(authed, "tensors", hp=LONG, seed=2, device="cpu", threads=1)["id"])
     wait_for(lambda: authed.get(f"/v1/jobs/{running}").json()["status"] == "running")
     sweeps = {
         name: authed.post(
