@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 from servers import FINAL, Server, submit, wait_for
 
@@ -146,12 +147,14 @@ def test_kill_9_then_restart_runs_the_job_again_to_the_exact_curve_and_the_queue
     assert seen == list(range(n))  # every step once, in order, across the replay and live parts
 
 
+@pytest.mark.timeout(900)
 def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
     make_server: Callable[..., Server],
 ) -> None:
+    curve = {**CURVE, "steps": 20_000}  # one that ends: the rerun is compared whole
     first = make_server(TRAINWIRE_CPU_WORKERS="1")
     with first.client() as client:
-        long = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
+        long = submit(client, "tensors", hp=curve, seed=SEED, device="cpu")["id"]
         wait_for(lambda: client.get(f"/v1/jobs/{long}").json()["step"] >= KILL_AFTER_STEP, 60)
     first.kill()
     # a store that lost rows in the middle (and whose job row claims more than it holds)
@@ -165,11 +168,11 @@ def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
     second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
     with second.client() as client:
         rerun = wait_for(
-            lambda: (j := client.get(f"/v1/jobs/{long}").json())["status"] in FINAL and j, 90
+            lambda: (j := client.get(f"/v1/jobs/{long}").json())["status"] in FINAL and j, 300
         )
-        assert rerun["status"] == "succeeded" and rerun["step"] == CURVE["steps"]
-        reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
-        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 90)
+        assert rerun["status"] == "succeeded" and rerun["step"] == curve["steps"]
+        reference = submit(client, "tensors", hp=curve, seed=SEED, device="cpu")["id"]
+        wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 300)
         steps, losses = all_losses(client, long)
-        assert steps == list(range(CURVE["steps"]))
+        assert steps == list(range(curve["steps"]))
         assert losses == all_losses(client, reference)[1]
