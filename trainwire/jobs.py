@@ -82,7 +82,8 @@ class Started:
     job_id: str
     device: str
     environment: dict[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.time)  # when it began (the job's started_at)
+    # when it began (the job's started_at); a clock reading, not part of what the message says
+    at: float = field(default_factory=time.time, compare=False)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class Finished:
     steps_done: int
     error_code: ErrorCode | None = None
     error_message: str | None = None
-    at: float = field(default_factory=time.time)  # when it ended (the job's finished_at)
+    # when it ended (the job's finished_at); a clock reading, not part of what the message says
+    at: float = field(default_factory=time.time, compare=False)
 
 
 WorkerMessage = Started | LossBatch | Finished

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from backendkit import WAIT, Messages
-from conftest import Collected, Trained, make_spec
+from runkit import Collected, Trained, make_spec
 from threadpoolctl import threadpool_limits
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, RunOutcome
