@@ -11,9 +11,9 @@ the log's window catches up from the store by step number.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from dataclasses import dataclass, field
+from math import isfinite
 
 from fastapi.sse import format_sse_event
 
@@ -35,18 +35,25 @@ class Chunk:
 
 
 def encode_losses(first_step: int, values: list[float | None] | tuple[float | None, ...]) -> bytes:
-    """`loss` events for consecutive steps (a loss that was not finite is None: null)."""
-    parts = []
-    for i, value in enumerate(values):
-        step = first_step + i
-        parts.append(
-            format_sse_event(
-                data_str=json.dumps({"step": step, "loss": value}, allow_nan=False),
-                event="loss",
-                id=str(step),
-            )
-        )
-    return b"".join(parts)
+    """`loss` events for consecutive steps (a loss that is None or not finite: null).
+
+    Byte for byte what `format_sse_event(data_str=json.dumps({"step": s, "loss": v},
+    allow_nan=False), event="loss", id=str(s))` makes of each (a test holds it to that), about
+    ten times faster: every step of every watched job passes here, on the event loop's thread,
+    and on a machine whose cores all train, each microsecond of it is taken from a job. json's
+    float is `float.__repr__`, as here."""
+    return "".join(
+        [
+            f'event: loss\ndata: {{"step": {step}, "loss": {_json_loss(value)}}}\nid: {step}\n\n'
+            for step, value in enumerate(values, first_step)
+        ]
+    ).encode()
+
+
+def _json_loss(value: float | None) -> str:
+    if value is None or not isfinite(value):
+        return "null"
+    return float.__repr__(float(value))
 
 
 def encode_status(job_json: str) -> bytes:
