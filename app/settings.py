@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         description="Browser origins allowed besides the service's own, comma-separated.",
     )
     flush_seconds: float = Field(
-        0.02, gt=0, description="Longest a step's loss waits before it is handed out."
+        0.1, gt=0, description="Longest a step's loss waits before it is handed out."
     )
     stream_stall_seconds: float = Field(
         30.0,

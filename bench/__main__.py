@@ -19,6 +19,7 @@ from types import ModuleType
 from bench import (
     fanout,
     first_loss,
+    interference,
     memory,
     overhead,
     ray_cluster,
@@ -37,7 +38,17 @@ from bench.common import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (overhead, first_loss, fanout, submit_rate, small_jobs, memory, sweeps, ray_cluster)
+    for m in (
+        overhead,
+        interference,
+        first_loss,
+        fanout,
+        submit_rate,
+        small_jobs,
+        memory,
+        sweeps,
+        ray_cluster,
+    )
 }
 
 

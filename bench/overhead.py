@@ -1,10 +1,14 @@
 """overhead: one long job through the API against the same loop run as a plain script.
 
-Through the API: POST /v1/jobs, then one SSE subscriber (httpx + httpx-sse) reading the stream to
-its end; the wall time runs from sending the POST to receiving the final `status` event. The
-subscriber runs at nice 10: it stands in for a user on another machine and should take the CPU
-that the server and the training leave (the plain script has no reader at all); with every core
-training, a reader at the same priority would take its share from the job.
+Through the API: POST /v1/jobs, then one subscriber reading the job's event stream to its end;
+the wall time runs from sending the POST to receiving the final `status` event. The subscriber
+runs at nice 10: it stands in for a user on another machine and should take the CPU that the
+server and the training leave (the plain script has no reader at all); with every core training,
+a reader at the same priority would take its share from the job. Two readers:
+- `lean`: httpx's raw bytes, checked with regular expressions (each step's `id:` in order, no
+  loss after the final status): a stand-in that costs this machine little CPU;
+- `httpx-sse`: an event object per event, as a user's script gets from httpx-sse (about twice
+  the reader CPU): what watching from a script on the same 2-core host costs.
 
 Plain: a long-lived subprocess (`python -m bench.overhead --plain-worker [THREADS]`) that runs the
 variant's own `train` in a thread, with a recorder that calls `.item()` on every step's loss as the
@@ -14,11 +18,12 @@ Also shown: the CPU time of the server's own process (the HTTP, the store, the s
 child process apart) during each API run: with every core training, that time is taken from the
 job.
 
-Two pairs, each with the same seed and thread count on both sides (so the two runs must end on the
-same loss, bit for bit):
+Three pairs, each with the same seed and thread count on both sides (so the two runs must end on
+the same loss, bit for bit):
 - `default threads`: the server with its defaults (2 CPU workers, elastic threads: the lone job
   gets every core) against the script as a user runs it (torch's default thread count, numpy's
-  BLAS untouched): what one job alone costs through trainwire;
+  BLAS untouched), lean reader: what one job alone costs through trainwire;
+- `default threads, httpx-sse reader`: the same, read by httpx-sse;
 - `1 thread`: a server with TRAINWIRE_THREADS_PER_CPU_JOB=1 against the script with
   `torch.set_num_threads(1)` and numpy's BLAS capped to 1 thread: the service's own overhead, with
   no thread scheduling in the way.
@@ -36,6 +41,7 @@ Reproduce: `.venv/bin/python -m bench overhead` (`--quick`: fewer steps).
 from __future__ import annotations
 
 import json
+import re
 import select
 import subprocess
 import sys
@@ -46,7 +52,9 @@ from typing import Any
 from bench.common import (
     FINAL,
     ROOT,
+    EventBlocks,
     Figure,
+    Subscriber,
     iso_epoch,
     lower_priority,
     median,
@@ -152,29 +160,26 @@ class PlainWorker:
 
 
 # -- through the API -----------------------------------------------------------------------------
-def api_run(client: Any, variant: str, steps: int) -> dict[str, Any]:
-    from httpx_sse import connect_sse
+_LOSS_VALUE = re.compile(rb'"loss": ([^}]*)}')
 
+
+def api_run(client: Any, variant: str, steps: int, reader: str) -> dict[str, Any]:
+    """POST the job and read its event stream to the final status; `reader`: "lean" (httpx's raw
+    bytes, checked by regular expressions: each step's id in order, no loss after the end) or
+    "httpx-sse" (an event object per event, as a user's script gets from httpx-sse)."""
     body = {"variant": variant, "hyperparameters": {"steps": steps}, "seed": SEED}
+    cpu = time.process_time()
     began = time.perf_counter()
     response = client.post("/v1/jobs", json=body)
     if response.status_code != 201:
         raise RuntimeError(f"POST /v1/jobs: {response.status_code} {response.text[:300]}")
     job_id = response.json()["id"]
-    seen, out_of_order, last_loss, wall, final = 0, 0, None, None, None
-    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
-        for event in source.iter_sse():
-            if event.event == "loss":
-                if event.id != str(seen):
-                    out_of_order += 1
-                seen += 1
-                last_loss = json.loads(event.data)["loss"]
-            elif event.event == "status":
-                job = json.loads(event.data)
-                if job["status"] in FINAL:
-                    wall = time.perf_counter() - began
-                    final = job
-    if final is None or wall is None or final["status"] != "succeeded":
+    read = _read_lean if reader == "lean" else _read_httpx_sse
+    seen, out_of_order, last_loss = read(client, job_id)
+    wall = time.perf_counter() - began
+    reader_cpu = time.process_time() - cpu
+    final = client.get(f"/v1/jobs/{job_id}").json()
+    if final["status"] != "succeeded":
         raise RuntimeError(f"job {job_id} did not succeed: {final}")
     if seen != steps or out_of_order:
         raise RuntimeError(f"job {job_id}: {seen} loss events, {out_of_order} out of order")
@@ -183,13 +188,47 @@ def api_run(client: Any, variant: str, steps: int) -> dict[str, Any]:
         "train": iso_epoch(final["finished_at"]) - iso_epoch(final["started_at"]),
         "last_loss": last_loss,
         "threads": final["environment"]["threads"],
+        "reader_cpu": reader_cpu,
     }
 
 
-# pair name: (the server's settings, the plain script's thread count; None: torch's default)
-MODES: dict[str, tuple[dict[str, Any], int | None]] = {
-    "default threads": ({}, None),
-    "1 thread": ({"threads_per_cpu_job": 1}, 1),
+def _read_lean(client: Any, job_id: str) -> tuple[int, int, float | None]:
+    record, blocks, last = Subscriber(), EventBlocks(), b""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        for data in response.iter_raw():
+            block = blocks.feed(data)
+            if not block:
+                continue
+            if b"event: loss" in block:
+                last = block
+            if record.check(block) and record.statuses[-1] in FINAL:
+                break
+    values = _LOSS_VALUE.findall(last)
+    return record.steps_seen, record.out_of_order, json.loads(values[-1]) if values else None
+
+
+def _read_httpx_sse(client: Any, job_id: str) -> tuple[int, int, float | None]:
+    from httpx_sse import connect_sse
+
+    seen, out_of_order, last_loss = 0, 0, None
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
+        for event in source.iter_sse():
+            if event.event == "loss":
+                if event.id != str(seen):
+                    out_of_order += 1
+                seen += 1
+                last_loss = json.loads(event.data)["loss"]
+            elif event.event == "status" and json.loads(event.data)["status"] in FINAL:
+                break
+    return seen, out_of_order, last_loss
+
+
+# pair name: (the server's settings, the plain script's thread count (None: torch's default), the
+# API side's reader)
+MODES: dict[str, tuple[dict[str, Any], int | None, str]] = {
+    "default threads": ({}, None, "lean"),
+    "default threads, httpx-sse reader": ({}, None, "httpx-sse"),
+    "1 thread": ({"threads_per_cpu_job": 1}, 1, "lean"),
 }
 
 
@@ -205,7 +244,7 @@ def run(quick: bool) -> list[Figure]:
     plain: dict[tuple[str, str], list[dict[str, Any]]] = {}
     api: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(reps):
-        for mode, (settings, threads) in MODES.items():
+        for mode, (settings, threads, reader) in MODES.items():
             # a fresh server (so fresh worker processes) and a fresh plain process for every
             # pair: the same loop runs a few percent faster or slower from one process to the
             # next (where its memory happens to lie), and one process per side would give that
@@ -218,7 +257,7 @@ def run(quick: bool) -> list[Figure]:
                 ):
                     for variant in VARIANTS:  # warm both up (lazy imports, allocator, connection)
                         worker.run(variant, 20)
-                        api_run(client, variant, 20)
+                        api_run(client, variant, 20, reader)
                     for variant in VARIANTS:
                         order = ("plain", "api") if rep % 2 == 0 else ("api", "plain")
                         for side in order:
@@ -229,7 +268,7 @@ def run(quick: bool) -> list[Figure]:
                             else:
                                 service_cpu = srv.cpu_seconds()  # the worker's child apart
                                 with lower_priority(CLIENT_NICE):
-                                    result = api_run(client, variant, steps)
+                                    result = api_run(client, variant, steps, reader)
                                 result["service_cpu"] = srv.cpu_seconds() - service_cpu
                                 api.setdefault((mode, variant), []).append(result)
                             result["steal"] = steal_seconds() - stolen
@@ -254,7 +293,7 @@ def run(quick: bool) -> list[Figure]:
                 f"{ms(median([p['steal'] for p in p_runs]))} / "
                 f"{ms(median([a['steal'] for a in a_runs]))}"
             )
-            threads = (
+            thread_counts = (
                 f"{'/'.join(sorted({str(p['threads']) for p in p_runs}))} / "
                 f"{'/'.join(sorted({str(a['threads']) for a in a_runs}))}"
             )
@@ -262,13 +301,14 @@ def run(quick: bool) -> list[Figure]:
                 (
                     variant,
                     mode,
-                    threads,
+                    thread_counts,
                     steps,
                     reps,
                     ms(plain_wall),
                     ms(api_wall),
                     ms(median([a["train"] for a in a_runs])),
                     ms(median([a["service_cpu"] for a in a_runs])),
+                    ms(median([a["reader_cpu"] for a in a_runs])),
                     f"{ratio:.3f}",
                     f"{min(ratios):.3f}-{max(ratios):.3f}",
                     f"{best:.3f}",
@@ -299,6 +339,7 @@ def run(quick: bool) -> list[Figure]:
             "API wall (median)",
             "API started→finished",
             "service CPU per API run (median)",
+            "reader CPU per API run (median)",
             "ratio API/plain (median)",
             "ratio range",
             "ratio of best runs",

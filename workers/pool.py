@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 30.0  # seconds between tries to replace an idle worker's process that failed
 
-# messages held for the consumer before the workers wait: ~20 ms batches, so seconds of training
+# messages held for the consumer before the workers wait: loss batches of up to 100 ms
+# (TRAINWIRE_FLUSH_SECONDS), so minutes of training
 MAX_PENDING_MESSAGES = 4096
 
 
