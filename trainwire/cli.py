@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     submit.add_argument("--label", help="a name of your choosing")
     submit.add_argument(
+        "--threads",
+        type=int,
+        help="torch/BLAS threads of the run (default: the cores free when it starts)",
+    )
+    submit.add_argument(
         "--watch", action="store_true", help="then follow it as `watch` does (the id on stderr)"
     )
     submit.add_argument("--json", action="store_true", help="print the job object")
@@ -270,7 +275,12 @@ def _submit(tw: Client, args: argparse.Namespace) -> int:
         if getattr(args, f"hp_{name}") is not None
     }
     job = tw.submit(
-        args.variant, seed=args.seed, device=args.device, label=args.label, **hyperparameters
+        args.variant,
+        seed=args.seed,
+        device=args.device,
+        label=args.label,
+        threads=args.threads,
+        **hyperparameters,
     )
     # with --watch, stdout is the watch's alone (a clean curve when piped)
     print(_job_json(job) if args.json else job.id, file=sys.stderr if args.watch else sys.stdout)

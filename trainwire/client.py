@@ -211,7 +211,12 @@ def _job_path(job_id: str) -> str:
 
 
 def _submit_body(
-    variant: str, seed: int | None, device: str, label: str | None, hyperparameters: dict[str, Any]
+    variant: str,
+    seed: int | None,
+    device: str,
+    label: str | None,
+    threads: int | None,
+    hyperparameters: dict[str, Any],
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"variant": variant, "hyperparameters": hyperparameters}
     if seed is not None:
@@ -219,6 +224,8 @@ def _submit_body(
     body["device"] = device
     if label is not None:
         body["label"] = label
+    if threads is not None:
+        body["threads"] = threads
     return body
 
 
@@ -393,10 +400,13 @@ class Client(SweepCalls, _Base):
         seed: int | None = None,
         device: str = "auto",
         label: str | None = None,
+        threads: int | None = None,
         **hyperparameters: Any,
     ) -> Job:
-        """Queue a job; hyperparameters not given take the variant's defaults. Never retried."""
-        body = _submit_body(variant, seed, device, label, hyperparameters)
+        """Queue a job; hyperparameters not given take the variant's defaults. `threads` pins
+        the run's torch/BLAS threads (to reproduce a curve from another host); by default the
+        server picks them from the cores free when it starts. Never retried."""
+        body = _submit_body(variant, seed, device, label, threads, hyperparameters)
         return _parse(Job, _body(self._send("POST", "/v1/jobs", json=body)))
 
     def get(self, job_id: str) -> Job:
@@ -553,10 +563,13 @@ class AsyncClient(AsyncSweepCalls, _Base):
         seed: int | None = None,
         device: str = "auto",
         label: str | None = None,
+        threads: int | None = None,
         **hyperparameters: Any,
     ) -> Job:
-        """Queue a job; hyperparameters not given take the variant's defaults. Never retried."""
-        body = _submit_body(variant, seed, device, label, hyperparameters)
+        """Queue a job; hyperparameters not given take the variant's defaults. `threads` pins
+        the run's torch/BLAS threads (to reproduce a curve from another host); by default the
+        server picks them from the cores free when it starts. Never retried."""
+        body = _submit_body(variant, seed, device, label, threads, hyperparameters)
         return _parse(Job, _body(await self._send("POST", "/v1/jobs", json=body)))
 
     async def get(self, job_id: str) -> Job:

@@ -54,11 +54,12 @@ def test_piped_watch_prints_the_stored_curve_exactly(shared_server: Server) -> N
 def test_submit_prints_the_id_and_with_watch_follows_the_job(shared_server: Server) -> None:
     submitted = trainwire(
         "submit", "dynamic", "--steps", "20", "--momentum", "0.5", "--seed", "9",
-        "--label", "cli", "--json", url=shared_server.url,
+        "--label", "cli", "--threads", "1", "--json", url=shared_server.url,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert (job["variant"], job["seed"], job["label"]) == ("dynamic", 9, "cli")
+    assert job["environment"]["threads"] == 1
     assert job["hyperparameters"]["momentum"] == 0.5 and job["hyperparameters"]["steps"] == 20
 
     watched = trainwire("submit", "tensors", "--steps", "25", "--watch", url=shared_server.url)

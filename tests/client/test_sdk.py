@@ -69,6 +69,18 @@ def test_submit_get_wait_stream_and_losses(shared_server: Server) -> None:
         assert check_stream(list(tw.stream(job.id, after=19)), first_step=20) == final
 
 
+def test_a_job_s_threads_can_be_pinned(shared_server: Server) -> None:
+    with Client(shared_server.url) as tw:
+        pinned = tw.submit("nn", seed=3, threads=1, steps=20, **TINY)
+        assert pinned.environment is not None and pinned.environment["threads"] == 1
+        done = tw.wait(pinned.id)
+        assert done.status is JobStatus.succeeded and done.environment is not None
+        assert done.environment["threads"] == 1  # what the run used
+        with pytest.raises(APIError) as refused:
+            tw.submit("nn", threads=0, steps=20)
+        assert refused.value.status_code == 422 and "threads" in str(refused.value.detail)
+
+
 def test_a_live_stream_gives_each_status_change_and_every_step_once(shared_server: Server) -> None:
     with Client(shared_server.url) as tw:
         job = tw.submit("tensors", seed=3, **{**TINY, "steps": 3_000})
