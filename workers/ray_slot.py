@@ -119,9 +119,8 @@ class SlotWorker:
         if refused is not None:
             yield refused
             return
-        yield Started(spec.job_id, self.name, self.facts)
         run = _Run(spec, timeout_s, flush_seconds)
-        self._runs.put(run)
+        self._runs.put(run)  # the training thread says Started once it has set the job's threads
         while True:
             message = run.messages.get()
             yield message  # waits while the service has too many of our items unread
@@ -135,6 +134,7 @@ class SlotWorker:
 
         from workers.processes import _warm_up, device_facts
         from workers.runner import run_job
+        from workers.threads import ProcessThreads
 
         try:
             if self.kind == "cpu":
@@ -154,10 +154,20 @@ class SlotWorker:
         except BaseException as exc:
             warmed.put(exc)
             return
+        threads_now = ProcessThreads() if self.kind == "cpu" else None
+        if threads_now is not None:
+            threads_now.current = self.threads
         warmed.put(None)
         while True:
             run = self._runs.get()
             spec = run.spec
+            facts = self.facts
+            if threads_now is not None:
+                # a job's own count (pinned, or recorded by an earlier run) holds over the
+                # slot's: its curve depends on it; it may take more cores than the slot reserved
+                threads_now.use(spec.threads or self.threads)
+                facts = {**facts, "threads": torch.get_num_threads()}
+            run.messages.put(Started(spec.job_id, self.name, facts))
 
             def sink(first_step: int, values: list[float], run: _Run = run) -> None:
                 run.messages.put(LossBatch(run.spec.job_id, first_step, values))

@@ -151,18 +151,18 @@ def client(ray_server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-def local_curve(variant: str, seed: int, **hp: Any) -> list[float]:
-    """The job's losses as the local backend computes them: run_job on one torch and BLAS
-    thread."""
+def local_curve(variant: str, seed: int, threads: int = 1, **hp: Any) -> list[float]:
+    """The job's losses as the local backend computes them: run_job on `threads` torch and BLAS
+    threads."""
     model = VARIANTS[variant].hyperparameters
     spec = JobSpec(variant, parse_hyperparameters(model, hp, variant, Limits()), seed)
     losses: list[float] = []
 
     def work() -> None:
-        torch.set_num_threads(1)  # per thread on this build
+        torch.set_num_threads(threads)  # per thread on this build
         run_job(spec, lambda first, values: losses.extend(values))
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=threads, user_api="blas"):
         thread = threading.Thread(target=work)
         thread.start()
         thread.join()
@@ -231,6 +231,20 @@ def test_jobs_land_on_both_nodes_with_the_local_backends_curves(
         steps, losses = stored_losses(client, job["id"])
         assert steps == list(range(400))
         assert losses == local_curve("nn", seed, steps=400), f"seed {seed}: another curve"
+
+
+def test_a_job_s_pinned_threads_hold_on_a_slot_of_one_thread(client: httpx.Client) -> None:
+    # the slots train on one thread (TRAINWIRE_THREADS_PER_CPU_JOB=1); a job that names its
+    # count (to reproduce a curve from another host) runs with it, and says so
+    pinned = submit(client, "nn", hp={"steps": 300}, seed=11, threads=2)
+    assert pinned["environment"] == {"threads": 2}
+    done = wait_final(client, pinned["id"])
+    assert done["status"] == "succeeded", done
+    assert done["environment"]["threads"] == 2  # what torch said in the training thread
+    assert stored_losses(client, pinned["id"])[1] == local_curve("nn", 11, threads=2, steps=300)
+    # the next job without a count is back on the slot's one thread
+    plain = wait_final(client, submit(client, "nn", hp={"steps": 20}, seed=11)["id"])
+    assert plain["environment"]["threads"] == 1
 
 
 def test_a_cuda_job_is_refused_where_the_cluster_has_no_gpu(client: httpx.Client) -> None:
