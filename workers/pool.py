@@ -56,6 +56,13 @@ class _Queued:
     spec: JobSpec  # spec.device: "cpu", "cuda" (any GPU) or "cuda:N"
     cancel: threading.Event = field(default_factory=threading.Event)
     threads: int | None = None  # granted when a CPU worker takes it; None: the worker's own
+    child: ChildWorker | None = None  # the process that runs it, once taken: told of a cancel
+
+    def stop(self) -> None:
+        """Cancel the run (under the pool's lock): the flag, and the child's at once."""
+        self.cancel.set()
+        if self.child is not None:
+            self.child.stop_current()
 
     @property
     def job_id(self) -> str:
@@ -204,7 +211,7 @@ class LocalBackend(FusedGroupServing, Backend):
                 running.run_cancels[job_id].set()
                 return "running"
             if running is not None:
-                running.cancel.set()
+                running.stop()
                 return "running"
         return None
 
@@ -247,7 +254,10 @@ class LocalBackend(FusedGroupServing, Backend):
             self._stopping = True
             interrupted = list(self._running)
             for item in self._running.values():
-                item.cancel.set()
+                if isinstance(item, _Queued):
+                    item.stop()
+                else:
+                    item.cancel.set()
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -272,6 +282,8 @@ class LocalBackend(FusedGroupServing, Backend):
                         if device == "cpu" and not self._grant_threads(item):
                             break  # it waits for cores, and the jobs behind it with it
                         del self._queue[i]
+                        if isinstance(item, _Queued):
+                            item.child = child
                         for job_id in item.job_ids:
                             self._running[job_id] = item
                         self._set_state("busy")

@@ -254,18 +254,17 @@ class ChildWorker(FusedGroupChild):
         timeout_s: float | None,
         flush_seconds: float,
     ) -> Finished:
-        """Run one job in the child; the same contract as run_job."""
+        """Run one job in the child; the same contract as run_job. A cancel reaches the child
+        through `stop_current` (the pool calls it when it sets `cancel`), so this thread sleeps
+        in the pipe's read until the child has something to say."""
         conn = self._ensure()
         self._cancel.clear()
+        if cancel.is_set():  # asked before the run got here
+            self._cancel.set()
         conn.send(_Run(spec, timeout_s, flush_seconds))
         delivered = 0
         try:
             while True:
-                # poll so that a cancel reaches the child while it trains
-                if cancel.is_set() and not self._cancel.is_set():
-                    self._cancel.set()
-                if not conn.poll(0.05):
-                    continue
                 message = conn.recv()
                 if isinstance(message, LossBatch):
                     delivered = message.end_step
@@ -281,6 +280,12 @@ class ChildWorker(FusedGroupChild):
                 ErrorCode.internal,
                 f"the worker process died ({self._reap()})",
             )
+
+    def stop_current(self) -> None:
+        """Ask the child to stop the job it runs (at its next step); any thread may call it."""
+        flag = self._cancel
+        if flag is not None:
+            flag.set()
 
     def _reap(self) -> str:
         """Wait for a child whose pipe broke, close it, and say how it ended."""
