@@ -41,6 +41,7 @@ Reproduce: `.venv/bin/python -m bench overhead` (`--quick`: fewer steps).
 from __future__ import annotations
 
 import json
+import math
 import re
 import select
 import subprocess
@@ -175,8 +176,8 @@ def api_run(client: Any, variant: str, steps: int, reader: str) -> dict[str, Any
         raise RuntimeError(f"POST /v1/jobs: {response.status_code} {response.text[:300]}")
     job_id = response.json()["id"]
     read = _read_lean if reader == "lean" else _read_httpx_sse
-    seen, out_of_order, last_loss = read(client, job_id)
-    wall = time.perf_counter() - began
+    seen, out_of_order, last_loss, ended = read(client, job_id)
+    wall = ended - began
     reader_cpu = time.process_time() - cpu
     final = client.get(f"/v1/jobs/{job_id}").json()
     if final["status"] != "succeeded":
@@ -192,25 +193,31 @@ def api_run(client: Any, variant: str, steps: int, reader: str) -> dict[str, Any
     }
 
 
-def _read_lean(client: Any, job_id: str) -> tuple[int, int, float | None]:
-    record, blocks, last = Subscriber(), EventBlocks(), b""
+def _read_lean(client: Any, job_id: str) -> tuple[int, int, float | None, float]:
+    """(loss events, out of order, the last loss, when the last final status came). The stream
+    is read to its end: a job that ended before it was opened starts it with its final status."""
+    record, blocks, last, ended = Subscriber(), EventBlocks(), b"", math.nan
+    opening = True
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
         for data in response.iter_raw():
             block = blocks.feed(data)
+            if opening and block:  # the job as it stood at connect time: not its end
+                block, opening = block[block.index(b"\n\n") + 2 :], False
             if not block:
                 continue
             if b"event: loss" in block:
                 last = block
             if record.check(block) and record.statuses[-1] in FINAL:
-                break
+                ended = time.perf_counter()
     values = _LOSS_VALUE.findall(last)
-    return record.steps_seen, record.out_of_order, json.loads(values[-1]) if values else None
+    last_loss = json.loads(values[-1]) if values else None
+    return record.steps_seen, record.out_of_order, last_loss, ended
 
 
-def _read_httpx_sse(client: Any, job_id: str) -> tuple[int, int, float | None]:
+def _read_httpx_sse(client: Any, job_id: str) -> tuple[int, int, float | None, float]:
     from httpx_sse import connect_sse
 
-    seen, out_of_order, last_loss = 0, 0, None
+    seen, out_of_order, last_loss, ended = 0, 0, None, math.nan
     with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
         for event in source.iter_sse():
             if event.event == "loss":
@@ -219,8 +226,8 @@ def _read_httpx_sse(client: Any, job_id: str) -> tuple[int, int, float | None]:
                 seen += 1
                 last_loss = json.loads(event.data)["loss"]
             elif event.event == "status" and json.loads(event.data)["status"] in FINAL:
-                break
-    return seen, out_of_order, last_loss
+                ended = time.perf_counter()
+    return seen, out_of_order, last_loss, ended
 
 
 # pair name: (the server's settings, the plain script's thread count (None: torch's default), the
