@@ -12,8 +12,8 @@ from starlette.background import BackgroundTask
 
 from app.api.deps import LossesOf, Service, Streams
 from app.errors import InvalidField
-from app.schemas import Job, JobCreate, JobList, JobStatus, Losses, VariantName
 from app.stream import EventStreamResponse
+from trainwire.models import Job, JobCreate, JobList, JobStatus, Losses, VariantName
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -7,7 +7,7 @@ from functools import cache
 from fastapi import APIRouter
 
 from app.api.deps import Service
-from app.schemas import VariantInfo
+from trainwire.models import VariantInfo
 from workers.variants import VARIANTS
 
 router = APIRouter(tags=["variants"])

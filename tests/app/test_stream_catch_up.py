@@ -17,11 +17,11 @@ from jobclient import strict_json
 
 from app.backends import make_backend
 from app.hub import EventHub
-from app.schemas import JobCreate
 from app.service import JobService
 from app.settings import Settings
 from app.store import Store
 from app.stream import EventStreams
+from trainwire.models import JobCreate
 
 # far less than the 15 s between keep-alive comments: a stream that waits for one is stuck
 PROMPT = 5.0
