@@ -35,6 +35,7 @@ from tenacity import (
 
 from trainwire.models import Job, JobList, Losses, VariantInfo
 from trainwire.sweep_client import AsyncSweepCalls, RunLoss, SweepCalls, SweepUpdate
+from trainwire.sweeps import SweepList
 
 __all__ = [
     "DEFAULT_URL",
@@ -57,6 +58,7 @@ PAGE_SIZE = 500  # the most jobs the API gives in one page
 LOSS_PAGE_SIZE = 100_000  # the most losses the API gives in one page
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+_Page = JobList | SweepList  # a listing's page: `items`, newest first, and `next_cursor`
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -422,13 +424,25 @@ class Client(SweepCalls, _Base):
         page_size: int = PAGE_SIZE,
     ) -> Iterator[Job]:
         """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
-        left = limit
-        cursor: str | None = None
+        return self._paged("/v1/jobs", JobList, status, variant, limit, page_size)
+
+    def _paged(
+        self,
+        path: str,
+        model: type[_Page],
+        status: str | Iterable[str] | None,
+        variant: str | Iterable[str] | None,
+        limit: int | None,
+        page_size: int,
+    ) -> Iterator[Any]:
+        """The items of a listing (`/v1/jobs`, `/v1/sweeps`), newest first, page after page,
+        fetched as they are read; at most `limit` of them (None: every one)."""
+        left, cursor = limit, None
         while left is None or left > 0:
             params = _list_params(status, variant, _page_size(left, page_size))
             if cursor is not None:
                 params["cursor"] = cursor
-            page = _parse(JobList, _body(self._get("/v1/jobs", params=params)))
+            page = _parse(model, _body(self._get(path, params=params)))
             yield from page.items[:left]
             if left is not None:
                 left -= len(page.items)
@@ -576,7 +590,7 @@ class AsyncClient(AsyncSweepCalls, _Base):
         """The job as it stands now."""
         return _parse(Job, _body(await self._get(_job_path(job_id))))
 
-    async def jobs(
+    def jobs(
         self,
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
@@ -585,15 +599,26 @@ class AsyncClient(AsyncSweepCalls, _Base):
         page_size: int = PAGE_SIZE,
     ) -> AsyncIterator[Job]:
         """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
-        left = limit
-        cursor: str | None = None
+        return self._paged("/v1/jobs", JobList, status, variant, limit, page_size)
+
+    async def _paged(
+        self,
+        path: str,
+        model: type[_Page],
+        status: str | Iterable[str] | None,
+        variant: str | Iterable[str] | None,
+        limit: int | None,
+        page_size: int,
+    ) -> AsyncIterator[Any]:
+        """`Client._paged`, awaited."""
+        left, cursor = limit, None
         while left is None or left > 0:
             params = _list_params(status, variant, _page_size(left, page_size))
             if cursor is not None:
                 params["cursor"] = cursor
-            page = _parse(JobList, _body(await self._get("/v1/jobs", params=params)))
-            for job in page.items[:left]:
-                yield job
+            page = _parse(model, _body(await self._get(path, params=params)))
+            for item in page.items[:left]:
+                yield item
             if left is not None:
                 left -= len(page.items)
             if page.next_cursor is None:

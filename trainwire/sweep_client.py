@@ -142,6 +142,10 @@ class SweepCalls(_Mixin):
 
         def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
+        def _paged(
+            self, path: str, model: type[SweepList], status: Any, variant: Any, limit: int | None,
+            page_size: int,
+        ) -> Iterator[Any]: ...  # fmt: skip
 
     def submit_sweep(
         self,
@@ -176,20 +180,7 @@ class SweepCalls(_Mixin):
         limit: int | None = None,
     ) -> Iterator[Sweep]:
         """Sweeps, newest first, page after page; at most `limit` of them (None: every one)."""
-        from trainwire.client import _body, _list_params, _page_size, _parse
-
-        left, cursor = limit, None
-        while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left, SWEEP_PAGE_SIZE))
-            if cursor is not None:
-                params["cursor"] = cursor
-            page = _parse(SweepList, _body(self._get("/v1/sweeps", params=params)))
-            yield from page.items[:left]
-            if left is not None:
-                left -= len(page.items)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return self._paged("/v1/sweeps", SweepList, status, variant, limit, SWEEP_PAGE_SIZE)
 
     def cancel_sweep(self, sweep_id: str) -> Sweep:
         """Cancel every run of the sweep that is not final."""
@@ -269,6 +260,10 @@ class AsyncSweepCalls(_Mixin):
 
         async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         async def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
+        def _paged(
+            self, path: str, model: type[SweepList], status: Any, variant: Any, limit: int | None,
+            page_size: int,
+        ) -> AsyncIterator[Any]: ...  # fmt: skip
 
     async def submit_sweep(
         self,
@@ -296,29 +291,14 @@ class AsyncSweepCalls(_Mixin):
 
         return _parse(Sweep, _body(await self._get(_sweep_path(sweep_id))))
 
-    async def sweeps(
+    def sweeps(
         self,
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[Sweep]:
         """Sweeps, newest first, page after page; at most `limit` of them (None: every one)."""
-        from trainwire.client import _body, _list_params, _page_size, _parse
-
-        left, cursor = limit, None
-        while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left, SWEEP_PAGE_SIZE))
-            if cursor is not None:
-                params["cursor"] = cursor
-            response = await self._get("/v1/sweeps", params=params)
-            page = _parse(SweepList, _body(response))
-            for sweep in page.items[:left]:
-                yield sweep
-            if left is not None:
-                left -= len(page.items)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return self._paged("/v1/sweeps", SweepList, status, variant, limit, SWEEP_PAGE_SIZE)
 
     async def cancel_sweep(self, sweep_id: str) -> Sweep:
         """Cancel every run of the sweep that is not final."""
