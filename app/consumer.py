@@ -39,6 +39,8 @@ from workers.backend import Backend
 
 log = logging.getLogger(__name__)
 
+IDLE_WAIT_SECONDS = 5.0  # a safety net: `stop` wakes the wait at once
+
 
 def utcnow(at: float | None = None) -> str:
     """`at` (seconds since the epoch; now when None) as ISO 8601 in UTC, to the millisecond."""
@@ -122,13 +124,15 @@ class MessageConsumer:
     def stop(self, timeout: float = 10.0) -> None:
         """Record what the backend has said so far, then stop (call after the backend's stop)."""
         self._draining.set()
+        self.backend.wake_reader()
         if self._thread is not None:
             self._thread.join(timeout)
 
     # -- the consumer thread ----------------------------------------------------------------
     def _consume(self) -> None:
         while True:
-            message = self.backend.next_message(0.1)
+            # no polling: an idle server's threads sleep until there is something to do
+            message = self.backend.next_message(IDLE_WAIT_SECONDS)
             if message is None:
                 if self._draining.is_set():
                     return

@@ -92,9 +92,10 @@ class EventStreams:
             data_str=row.to_job().model_dump_json(), event="status", retry=RETRY_MS
         )
         next_step = after + 1
-        async for data, end in self._replay(row, next_step, None):
-            yield data
-            next_step = end
+        if next_step < row.step:  # stored steps to send first (the row counts them)
+            async for data, end in self._replay(row, next_step, None):
+                yield data
+                next_step = end
         if row.status.is_final:
             yield encode_status(row.to_job().model_dump_json())
             return

@@ -12,11 +12,14 @@ Contract:
   one to stop before its next step ("running": its `Finished` follows); None if it holds no
   such job (never submitted, or its `Finished` is already on the way).
 - `stop` interrupts running jobs (their `Finished` says `interrupted`) and leaves the queue.
-- Messages of one job arrive in order; `next_message` may block up to `timeout` seconds.
+- Messages of one job arrive in order; `next_message` may block up to `timeout` seconds, or
+  until `wake_reader` is called (the consumer is stopping).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import time
 from abc import ABC, abstractmethod
 from typing import Any, Literal
@@ -28,6 +31,33 @@ CancelResult = Literal["queued", "running"] | None
 
 class DeviceUnavailable(Exception):
     """The job asks for a device that no worker of this backend has; the message says why."""
+
+
+class MessageQueue:
+    """The bounded queue between a backend's workers and the service's one consumer. `put`
+    blocks while it is full: that is the back-pressure on training. The consumer waits in `get`
+    without polling (an idle server wakes for nothing); `wake` ends its wait at once."""
+
+    def __init__(self, maxsize: int):
+        self._queue: queue.Queue[WorkerMessage | None] = queue.Queue(maxsize=maxsize)
+
+    def put(self, message: WorkerMessage) -> None:
+        self._queue.put(message)
+
+    def get(self, timeout: float) -> WorkerMessage | None:
+        """The next message, or None after `timeout` seconds or a `wake`."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def wake(self) -> None:
+        """Make a `get` that waits return None now (a full queue returns at once anyway)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
 
 
 class Backend(ABC):
@@ -51,9 +81,16 @@ class Backend(ABC):
     def cancel(self, job_id: str) -> CancelResult:
         """Cancel a queued or running job."""
 
-    @abstractmethod
+    messages: MessageQueue  # what the workers say, for the consumer
+
     def next_message(self, timeout: float) -> WorkerMessage | None:
-        """The next message of any job, or None after `timeout` seconds without one."""
+        """The next message of any job, or None after `timeout` seconds without one (or a
+        `wake_reader`)."""
+        return self.messages.get(timeout)
+
+    def wake_reader(self) -> None:
+        """End a `next_message` that waits now (it returns None)."""
+        self.messages.wake()
 
     @abstractmethod
     def resolve_device(self, asked: str, supported: tuple[str, ...]) -> str:

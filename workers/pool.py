@@ -17,7 +17,6 @@ write), the workers block on it, the children block on their pipes, and training
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import torch
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
 from trainwire.jobs import WorkerMessage as Message
-from workers.backend import Backend, CancelResult, DeviceUnavailable
+from workers.backend import Backend, CancelResult, DeviceUnavailable, MessageQueue
 from workers.fused.group import FusedGroup
 from workers.fused.serving import FusedGroupServing
 from workers.hyperparameters import estimate_job_bytes
@@ -102,7 +101,7 @@ class LocalBackend(FusedGroupServing, Backend):
         self.cpu_threads = cpu_threads
         self._timeout_s = timeout_s
         self._flush_seconds = flush_seconds
-        self._messages: queue.Queue[Message] = queue.Queue(maxsize=max_pending_messages)
+        self.messages = MessageQueue(max_pending_messages)
         # FIFO; a worker takes the first job (or fused group of jobs) for its device
         self._queue: list[_Queued | FusedGroup] = []
         self._running: dict[str, _Queued | FusedGroup] = {}  # by job id
@@ -243,12 +242,6 @@ class LocalBackend(FusedGroupServing, Backend):
             restarts[child.device] = restarts.get(child.device, 0) + child.restarts
         return restarts
 
-    def next_message(self, timeout: float) -> Message | None:
-        try:
-            return self._messages.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
     def stop(self, timeout: float = 5.0) -> list[str]:
         with self._cond:
             self._stopping = True
@@ -267,7 +260,7 @@ class LocalBackend(FusedGroupServing, Backend):
     # -- worker threads ---------------------------------------------------------------------
     def _emit(self, message: Message) -> None:
         # blocks while the consumer is behind: that is the back-pressure on training
-        self._messages.put(message)
+        self.messages.put(message)
 
     def _take(self, device: str, child: ChildWorker | None) -> _Queued | FusedGroup | None:
         """The first queued job or fused group for `device` (on the CPU, once the cores it gets

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
 from trainwire.jobs import WorkerMessage as Message
-from workers.backend import Backend, CancelResult, DeviceUnavailable
+from workers.backend import Backend, CancelResult, DeviceUnavailable, MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +228,7 @@ class RayBackend(Backend):
         self.watchdog_s = watchdog_s
         self._timeout_s = timeout_s
         self._flush_seconds = flush_seconds
-        self._messages: queue.Queue[Message] = queue.Queue(maxsize=max_pending_messages)
+        self.messages = MessageQueue(max_pending_messages)
         self._queue: list[_Queued] = []  # FIFO; a slot takes the first job for its kind
         self._running: dict[str, _Queued] = {}
         self._slots: dict[tuple[str, str, int], _Slot] = {}
@@ -454,12 +453,6 @@ class RayBackend(Backend):
         with self._cond:
             return [item.spec for item in self._queue]
 
-    def next_message(self, timeout: float) -> Message | None:
-        try:
-            return self._messages.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
     def stop(self, timeout: float = 5.0) -> list[str]:
         with self._cond:
             self._stopping.set()
@@ -490,7 +483,7 @@ class RayBackend(Backend):
 
     # -- slot threads ---------------------------------------------------------------------------
     def _emit(self, message: Message) -> None:
-        self._messages.put(message)  # blocks while the consumer is behind: back-pressure
+        self.messages.put(message)  # blocks while the consumer is behind: back-pressure
 
     def _flush_for_running(self) -> float:
         with self._cond:

@@ -151,7 +151,7 @@ def test_the_workers_wait_for_a_consumer_that_falls_behind(
     calls.wait_first_loss("long")
     # the consumer reads nothing more: four messages fill the queue, then the run waits
     held_at = len(calls.losses["long"])
-    wait_for(pool._messages.full, WAIT)
+    wait_for(pool.messages.full, WAIT)
     submit(pool, "next", spec("numpy", steps=3))
     assert pool.queued() == 1 and pool.cancel("long") == "running"
     release.set()
