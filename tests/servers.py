@@ -144,6 +144,17 @@ class Server:
         finally:
             engine.dispose()
 
+    def stored_steps(self, job_id: str) -> tuple[int, int, int | None, int | None]:
+        """(steps stored, distinct steps, first step, last step) of a job's losses, read from
+        the store's chunks directly (a chunk holds steps [first_step, end_step))."""
+        spans = self.query(
+            "SELECT first_step, end_step FROM loss_chunks "
+            "WHERE job_pk = (SELECT pk FROM jobs WHERE id = :id) ORDER BY first_step",
+            id=job_id,
+        )
+        steps = [step for first, end in spans for step in range(first, end)]
+        return len(steps), len(set(steps)), min(steps, default=None), max(steps, default=None)
+
     def execute(self, sql: str, **params: Any) -> None:
         """Change the server's store directly (as a fault would), and commit."""
         engine = create_engine(self.database_url, poolclass=NullPool)

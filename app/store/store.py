@@ -25,16 +25,16 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import make_url
 
+from app.store.chunks import contiguous_prefix, unpack
 from app.store.lock import lock_store
 from app.store.rows import JobRow
-from app.store.tables import jobs, losses
+from app.store.tables import jobs, loss_chunks
 from app.store.writer import AfterCommit, AppendLosses, Operation, Writer
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 
@@ -45,6 +45,8 @@ _FINAL = [s.value for s in FINAL_STATUSES]
 
 # loss writes queued before `append_losses` waits: about 80 s of 20 ms batches per running job
 MAX_PENDING_LOSS_WRITES = 4096
+# loss chunks read per query (a page of losses usually spans a handful)
+CHUNKS_PER_READ = 64
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -181,7 +183,7 @@ class Store:
         """Delete a final job and its losses; resolves with whether it was there to delete."""
 
         def op(conn: Connection) -> bool:
-            conn.execute(delete(losses).where(losses.c.job_pk == job_pk))
+            conn.execute(delete(loss_chunks).where(loss_chunks.c.job_pk == job_pk))
             deleted = conn.execute(
                 delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(_FINAL))
             ).rowcount
@@ -200,11 +202,20 @@ class Store:
             ).scalars()
             rows = []
             for pk in list(pks):
-                stored = _contiguous_prefix(conn, pk)
-                conn.execute(delete(losses).where(losses.c.job_pk == pk, losses.c.step >= stored))
-                last = conn.execute(
-                    select(losses.c.loss).where(losses.c.job_pk == pk, losses.c.step == stored - 1)
-                ).scalar()
+                mine = loss_chunks.c.job_pk == pk
+                spans = conn.execute(
+                    select(loss_chunks.c.first_step, loss_chunks.c.end_step)
+                    .where(mine)
+                    .order_by(loss_chunks.c.first_step)
+                ).all()
+                stored = contiguous_prefix([(first, end) for first, end in spans])
+                conn.execute(delete(loss_chunks).where(mine, loss_chunks.c.end_step > stored))
+                last = None
+                if stored:
+                    blob = conn.execute(
+                        select(loss_chunks.c.losses).where(mine, loss_chunks.c.end_step == stored)
+                    ).scalar_one()
+                    last = unpack(blob)[-1]
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.pk == pk)
@@ -247,15 +258,31 @@ class Store:
         self, job_pk: int, after: int, limit: int
     ) -> tuple[list[int], list[float | None]]:
         """Up to `limit` (step, loss) pairs with step > after, in step order."""
-        stmt = (
-            select(losses.c.step, losses.c.loss)
-            .where(losses.c.job_pk == job_pk, losses.c.step > after)
-            .order_by(losses.c.step)
-            .limit(limit)
-        )
+        steps: list[int] = []
+        values: list[float | None] = []
+        start = after + 1  # the first step still wanted
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return [r[0] for r in rows], [r[1] for r in rows]
+            while len(values) < limit:
+                # the chunks that hold `start` and later steps, a few at a time (a chunk holds
+                # one or more steps: a page of 1,000 steps is usually in a handful)
+                stmt = (
+                    select(loss_chunks.c.first_step, loss_chunks.c.end_step, loss_chunks.c.losses)
+                    .where(loss_chunks.c.job_pk == job_pk, loss_chunks.c.end_step > start)
+                    .order_by(loss_chunks.c.end_step)
+                    .limit(CHUNKS_PER_READ)
+                )
+                rows = conn.execute(stmt).all()
+                for first, end, blob in rows:
+                    skip = max(0, start - first)
+                    count = min(end - first - skip, limit - len(values))
+                    values += unpack(blob, skip, count)
+                    steps += range(first + skip, first + skip + count)
+                    start = first + skip + count
+                    if len(values) == limit:
+                        break
+                if len(rows) < CHUNKS_PER_READ:
+                    break
+        return steps, values
 
     def iter_losses(
         self, job_pk: int, after: int = -1, chunk: int = 20000, limit: int | None = None
@@ -279,22 +306,3 @@ class Store:
 def _job_by(conn: Connection, where: Any) -> JobRow | None:
     row = conn.execute(select(jobs).where(where)).mappings().first()
     return JobRow.from_mapping(row) if row else None
-
-
-def _contiguous_prefix(conn: Connection, job_pk: int) -> int:
-    """How many steps, from 0, are stored without a gap."""
-    count, highest = conn.execute(
-        select(func.count(), func.max(losses.c.step)).where(losses.c.job_pk == job_pk)
-    ).one()
-    if not count or highest == count - 1:
-        return int(count or 0)
-    # a gap: the first step whose row is missing (steps are the primary key, so no duplicates)
-    steps = conn.execute(
-        select(losses.c.step).where(losses.c.job_pk == job_pk).order_by(losses.c.step)
-    ).scalars()
-    expected = 0
-    for step in steps:
-        if step != expected:
-            break
-        expected += 1
-    return expected

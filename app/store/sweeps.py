@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from app.store.rows import JobRow
 from app.store.store import Store
-from app.store.tables import jobs, losses, sweeps
+from app.store.tables import jobs, loss_chunks, sweeps
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 from trainwire.sweeps import Sweep, SweepCounts, SweepRun, SweepStatus
 
@@ -143,7 +143,7 @@ class SweepStore:
             ).first():
                 return "not_final"
             run_pks = select(jobs.c.pk).where(in_sweep).scalar_subquery()
-            conn.execute(delete(losses).where(losses.c.job_pk.in_(run_pks)))
+            conn.execute(delete(loss_chunks).where(loss_chunks.c.job_pk.in_(run_pks)))
             conn.execute(delete(jobs).where(in_sweep))
             conn.execute(delete(sweeps).where(sweeps.c.id == sweep_id))
             return "deleted"

@@ -1,4 +1,5 @@
-"""The store's schema: jobs, one row per recorded step's loss, and sweeps (grids of jobs)."""
+"""The store's schema: jobs, their losses in chunks of consecutive steps, and sweeps (grids of
+jobs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -48,12 +50,15 @@ jobs = Table(
     Index("ix_jobs_sweep_id_pk", "sweep_id", "pk"),
 )
 
-losses = Table(
-    "losses",
+# steps [first_step, end_step) of a job, their losses packed as float64 (app.store.chunks)
+loss_chunks = Table(
+    "loss_chunks",
     metadata,
     Column("job_pk", Integer, ForeignKey("jobs.pk", ondelete="CASCADE"), primary_key=True),
-    Column("step", Integer, primary_key=True, autoincrement=False),
-    Column("loss", Float),  # NULL where the loss was NaN or infinite
+    Column("first_step", Integer, primary_key=True, autoincrement=False),
+    Column("end_step", Integer, nullable=False),
+    Column("losses", LargeBinary, nullable=False),  # NaN where the loss was not finite
+    Index("ix_loss_chunks_job_pk_end_step", "job_pk", "end_step"),
     sqlite_with_rowid=False,
 )
 

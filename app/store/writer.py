@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.store.chunks import pack
+
 log = logging.getLogger("app.store")
 
 Operation = Callable[[Connection], Any]
@@ -63,11 +65,19 @@ class AppendLosses:
 
     @staticmethod
     def run_many(conn: Connection, ops: list[AppendLosses]) -> None:
-        # driver-level executemany: the hot path of the store, without per-row SQL building
+        # driver-level executemany: the hot path of the store, without per-row SQL building;
+        # a chunk row per batch, as the worker cut it
+        ops = [op for op in ops if op.values]
+        if not ops:
+            return
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        rows = [(op.job_pk, op.first_step + i, v) for op in ops for i, v in enumerate(op.values)]
         conn.exec_driver_sql(
-            f"INSERT INTO losses (job_pk, step, loss) VALUES ({mark}, {mark}, {mark})", rows
+            "INSERT INTO loss_chunks (job_pk, first_step, end_step, losses) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark})",
+            [
+                (op.job_pk, op.first_step, op.first_step + len(op.values), pack(op.values))
+                for op in ops
+            ],
         )
         last: dict[int, AppendLosses] = {op.job_pk: op for op in ops}  # the latest per job
         conn.exec_driver_sql(

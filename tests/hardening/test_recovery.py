@@ -25,16 +25,6 @@ SEED = 1234
 KILL_AFTER_STEP = 2_000
 
 
-def stored_steps(server: Server, job_id: str) -> tuple[int, int, int | None, int | None]:
-    """(rows, distinct steps, first step, last step) of the job's losses, read from the store."""
-    (row,) = server.query(
-        "SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM losses "
-        "WHERE job_pk = (SELECT pk FROM jobs WHERE id = :id)",
-        id=job_id,
-    )
-    return row[0], row[1], row[2], row[3]
-
-
 def all_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
     """Every stored loss of the job, page by page."""
     steps: list[int] = []
@@ -98,7 +88,7 @@ def test_kill_9_then_restart_runs_the_job_again_to_the_exact_curve_and_the_queue
 
     left = dict(first.query("SELECT id, status FROM jobs"))
     assert left == {long: "running", queued[0]: "queued", queued[1]: "queued"}
-    rows, distinct, low, high = stored_steps(first, long)
+    rows, distinct, low, high = first.stored_steps(long)
     assert rows == distinct and low == 0 and high == rows - 1 and rows >= KILL_AFTER_STEP
 
     second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")
@@ -135,7 +125,7 @@ def test_kill_9_then_restart_runs_the_job_again_to_the_exact_curve_and_the_queue
         for status in ("running", "queued"):
             assert client.get("/v1/jobs", params={"status": status}).json()["items"] == []
 
-    assert stored_steps(second, long) == (n, n, 0, n - 1)
+    assert second.stored_steps(long) == (n, n, 0, n - 1)
 
     subscriber.join(60)
     assert not subscriber.is_alive(), "the stream did not end"
@@ -157,12 +147,14 @@ def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
         long = submit(client, "tensors", hp=curve, seed=SEED, device="cpu")["id"]
         wait_for(lambda: client.get(f"/v1/jobs/{long}").json()["step"] >= KILL_AFTER_STEP, 60)
     first.kill()
-    # a store that lost rows in the middle (and whose job row claims more than it holds)
+    # a store that lost losses in the middle (and whose job row claims more than it holds)
     first.execute(
-        "DELETE FROM losses WHERE step BETWEEN 500 AND 520 "
+        "DELETE FROM loss_chunks WHERE first_step <= 500 AND end_step > 500 "
         "AND job_pk = (SELECT pk FROM jobs WHERE id = :id)",
         id=long,
     )
+    rows, _, _, high = first.stored_steps(long)
+    assert rows < high + 1  # a gap
     first.execute("UPDATE jobs SET step = step + 1000 WHERE id = :id", id=long)
 
     second = make_server(data_dir=first.data_dir, TRAINWIRE_CPU_WORKERS="1")

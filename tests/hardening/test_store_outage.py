@@ -117,12 +117,7 @@ def test_jobs_pause_while_the_store_cannot_write_and_finish_whole_after(
         assert [job["status"] for job in finals] == ["succeeded"] * 3
         assert all(job["step"] == STEPS for job in finals)
         for job in jobs:
-            (row,) = server.query(
-                "SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM losses "
-                "WHERE job_pk = (SELECT pk FROM jobs WHERE id = :id)",
-                id=job["id"],
-            )
-            assert tuple(row) == (STEPS, STEPS, 0, STEPS - 1)
+            assert server.stored_steps(job["id"]) == (STEPS, STEPS, 0, STEPS - 1)
         # once per episode, not once per batch (a WAL checkpoint may free a little room and
         # open a short second episode on a full disk)
         log = server.log()
