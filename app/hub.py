@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from math import isfinite
 
 from fastapi.sse import format_sse_event
+from pydantic_core import PydanticSerializationError, to_json
 
 
 @dataclass(frozen=True)
@@ -37,23 +37,28 @@ class Chunk:
 def encode_losses(first_step: int, values: list[float | None] | tuple[float | None, ...]) -> bytes:
     """`loss` events for consecutive steps (a loss that is None or not finite: null).
 
-    Byte for byte what `format_sse_event(data_str=json.dumps({"step": s, "loss": v},
-    allow_nan=False), event="loss", id=str(s))` makes of each (a test holds it to that), about
-    ten times faster: every step of every watched job passes here, on the event loop's thread,
-    and on a machine whose cores all train, each microsecond of it is taken from a job. json's
-    float is `float.__repr__`, as here."""
-    return "".join(
+    Each event is `event: loss`, `data: {"step": s, "loss": x}` and `id: s`; x is written as
+    the service's other JSON writes a float (pydantic's serializer: the shortest text that parses
+    back to the same double, e.g. `0.00001`, `1e+16`). Every step of every watched job passes
+    here, on the event loop's thread, and on a machine whose cores all train each microsecond of
+    it is taken from a job: the batch's floats are written in one call into Rust (20 us for 450;
+    Python's own float repr takes 270 us) and only the framing is Python."""
+    if not values:
+        return b""
+    try:
+        numbers = to_json(values, inf_nan_mode="null")
+    except PydanticSerializationError:  # not plain floats (a numpy float32, say)
+        numbers = to_json([_float(v) for v in values], inf_nan_mode="null")
+    return b"".join(
         [
-            f'event: loss\ndata: {{"step": {step}, "loss": {_json_loss(value)}}}\nid: {step}\n\n'
-            for step, value in enumerate(values, first_step)
+            b'event: loss\ndata: {"step": %d, "loss": %s}\nid: %d\n\n' % (step, number, step)
+            for step, number in enumerate(numbers[1:-1].split(b","), first_step)
         ]
-    ).encode()
+    )
 
 
-def _json_loss(value: float | None) -> str:
-    if value is None or not isfinite(value):
-        return "null"
-    return float.__repr__(float(value))
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def encode_status(job_json: str) -> bytes:
