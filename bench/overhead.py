@@ -243,7 +243,7 @@ def run(quick: bool) -> list[Figure]:
     import httpx
 
     steps = 200 if quick else 3000
-    reps = 2 if quick else 7
+    reps = 2 if quick else 11
     print(
         f"## overhead: one {steps}-step job, API vs plain loop, {reps} interleaved runs, "
         "each pair on a fresh server and a fresh plain process\n"
