@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _FINAL = [s.value for s in FINAL_STATUSES]
 
-# loss writes queued before `append_losses` waits: about 80 s of 20 ms batches per running job
+# loss writes queued before `append_losses` waits: ~7 minutes of 100 ms batches of one job
 MAX_PENDING_LOSS_WRITES = 4096
 # loss chunks read per query (a page of losses usually spans a handful)
 CHUNKS_PER_READ = 64
