@@ -231,18 +231,45 @@ def _submit_body(
     return body
 
 
-def _list_params(
-    status: str | Iterable[str] | None, variant: str | Iterable[str] | None, page: int
-) -> dict[str, Any]:
-    params: dict[str, Any] = {"limit": page}
-    for name, value in (("status", status), ("variant", variant)):
-        if value is not None:
-            params[name] = [value] if isinstance(value, str) else [str(v) for v in value]
-    return params
+class _Listing:
+    """Where a listing (`/v1/jobs`, `/v1/sweeps`) stands between its pages: what to ask for
+    next, and the items of a page that are still wanted. No I/O: the sync and async clients
+    fetch the pages."""
 
+    def __init__(
+        self,
+        model: type[_Page],
+        status: str | Iterable[str] | None,
+        variant: str | Iterable[str] | None,
+        limit: int | None,
+        page_size: int,
+    ):
+        self.model, self.left, self.page_size = model, limit, page_size
+        self.filters: dict[str, Any] = {}
+        for name, value in (("status", status), ("variant", variant)):
+            if value is not None:
+                self.filters[name] = [value] if isinstance(value, str) else [str(v) for v in value]
+        self.cursor: str | None = None
+        self.done = limit is not None and limit <= 0
 
-def _page_size(left: int | None, page_size: int) -> int:
-    return page_size if left is None else max(1, min(page_size, left))
+    def params(self) -> dict[str, Any]:
+        """The next page's query."""
+        size = self.page_size if self.left is None else max(1, min(self.page_size, self.left))
+        params = {"limit": size, **self.filters}
+        if self.cursor is not None:
+            params["cursor"] = self.cursor
+        return params
+
+    def read(self, body: str) -> list[Any]:
+        """The wanted items of a page (`body`, the answer to `params()`); sets `done` after the
+        last."""
+        page = _parse(self.model, body)
+        items = page.items[: self.left]
+        if self.left is not None:
+            self.left -= len(page.items)
+        self.cursor = page.next_cursor
+        self.done = self.cursor is None or (self.left is not None and self.left <= 0)
+        return items
 
 
 def _should_retry_get(exc: BaseException) -> bool:
@@ -437,18 +464,9 @@ class Client(SweepCalls, _Base):
     ) -> Iterator[Any]:
         """The items of a listing (`/v1/jobs`, `/v1/sweeps`), newest first, page after page,
         fetched as they are read; at most `limit` of them (None: every one)."""
-        left, cursor = limit, None
-        while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left, page_size))
-            if cursor is not None:
-                params["cursor"] = cursor
-            page = _parse(model, _body(self._get(path, params=params)))
-            yield from page.items[:left]
-            if left is not None:
-                left -= len(page.items)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        listing = _Listing(model, status, variant, limit, page_size)
+        while not listing.done:
+            yield from listing.read(_body(self._get(path, params=listing.params())))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job (at once) or a running one (before its next step)."""
@@ -611,19 +629,10 @@ class AsyncClient(AsyncSweepCalls, _Base):
         page_size: int,
     ) -> AsyncIterator[Any]:
         """`Client._paged`, awaited."""
-        left, cursor = limit, None
-        while left is None or left > 0:
-            params = _list_params(status, variant, _page_size(left, page_size))
-            if cursor is not None:
-                params["cursor"] = cursor
-            page = _parse(model, _body(await self._get(path, params=params)))
-            for item in page.items[:left]:
+        listing = _Listing(model, status, variant, limit, page_size)
+        while not listing.done:
+            for item in listing.read(_body(await self._get(path, params=listing.params()))):
                 yield item
-            if left is not None:
-                left -= len(page.items)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job (at once) or a running one (before its next step)."""
