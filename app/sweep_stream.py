@@ -9,7 +9,8 @@ waiter, not 256.
 Events: `sweep` (the sweep object) first; `loss` with `{"job_id", "step", "loss"}` and no `id:`
 (a reconnect starts over); `sweep` again when runs change status (changes that come close
 together share one event, at most one per `SWEEP_EVENT_SECONDS`); a last `sweep` once every run
-is final, after which the stream ends.
+is final and all its losses are sent, after which the stream ends. Only the first and the last
+`sweep` event may be final.
 """
 
 from __future__ import annotations
@@ -159,8 +160,13 @@ class SweepStreams:
                 return
             now = loop.time()
             if pending and now - last_sweep_event >= SWEEP_EVENT_SECONDS:
-                data, _ = await self._sweep_event(sweep_id)
-                yield data
+                data, final = await self._sweep_event(sweep_id)
+                # a final sweep is the stream's last event (a reader stops at it): while the
+                # store already says every run ended but this stream has not sent all their
+                # losses (their last chunks and ends are still on the way through the hub), it
+                # waits for them, and the end above sends it
+                if not final:
+                    yield data
                 pending, last_sweep_event = False, loop.time()
             wait = KEEPALIVE_SECONDS
             if pending:
