@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -13,13 +14,17 @@ def spawned_children(pid: int) -> list[int]:
     """The server's worker processes (not multiprocessing's resource tracker)."""
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        children += [int(c) for c in text]
-    return [
-        c
-        for c in children
-        if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")
-    ]
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return [c for c in children if b"spawn_main" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> bytes:
+    """A process's command line; empty for one that is gone (a killed child, reaped meanwhile)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except FileNotFoundError:
+        return b""
 
 
 def test_a_killed_worker_process_fails_its_job_and_is_replaced(make_server) -> None:  # type: ignore[no-untyped-def]
