@@ -5,7 +5,8 @@ event loop. A channel is a short log of already-encoded SSE chunks (a batch of `
 one `status` event) with sequence numbers. Subscribers each keep a cursor into the log and
 wake when it grows; they all send the same bytes objects. Publishing is O(1) whatever the number
 of subscribers, so a slow subscriber never slows training or the others: one that falls behind
-the log's window catches up from the store by step number.
+the log's window (the last 512 chunks, and at most 16 MiB of them) catches up from the store by
+step number.
 """
 
 from __future__ import annotations
@@ -65,9 +66,14 @@ def encode_status(job_json: str) -> bytes:
     return format_sse_event(data_str=job_json, event="status")
 
 
+MAX_CHUNKS = 512
+MAX_BYTES = 16 << 20  # a channel's window: ~300,000 loss events, whatever the batches' size
+
+
 @dataclass
 class Channel:
     chunks: deque[Chunk] = field(default_factory=deque)
+    size: int = 0  # bytes of the chunks held
     next_seq: int = 0
     subscribers: int = 0
     final: bool = False
@@ -81,11 +87,14 @@ class Channel:
     def first_seq(self) -> int:
         return self.chunks[0].seq if self.chunks else self.next_seq
 
-    def append(self, chunk_data: bytes, max_chunks: int, urgent: bool, **kw: object) -> None:
+    def append(
+        self, chunk_data: bytes, max_chunks: int, max_bytes: int, urgent: bool, **kw: object
+    ) -> None:
         self.chunks.append(Chunk(self.next_seq, chunk_data, **kw))  # type: ignore[arg-type]
         self.next_seq += 1
-        while len(self.chunks) > max_chunks:
-            self.chunks.popleft()
+        self.size += len(chunk_data)
+        while len(self.chunks) > max_chunks or (self.size > max_bytes and len(self.chunks) > 1):
+            self.size -= len(self.chunks.popleft().data)
         # Each wake-up costs one task switch per subscriber: with many subscribers, loss batches
         # wake them at most every `interval` (5 ms for up to 20, 250 ms for 1,000), and each
         # wake-up sends everything that arrived meanwhile in one write: the server's CPU per
@@ -123,9 +132,10 @@ class Channel:
 class EventHub:
     """Channels of live jobs. Call only on the event loop's thread."""
 
-    def __init__(self, max_chunks: int = 512):
+    def __init__(self, max_chunks: int = MAX_CHUNKS, max_bytes: int = MAX_BYTES):
         self._channels: dict[str, Channel] = {}
         self._max_chunks = max_chunks
+        self._max_bytes = max_bytes
         self.closing = asyncio.Event()  # set at shutdown: every stream ends
 
     def subscribe(self, job_id: str) -> Channel:
@@ -152,6 +162,7 @@ class EventHub:
         channel.append(
             encode_losses(first_step, clean),
             self._max_chunks,
+            self._max_bytes,
             urgent=False,
             first_step=first_step,
             end_step=first_step + len(values),
@@ -163,7 +174,9 @@ class EventHub:
         if channel is None:
             return
         channel.final = channel.final or final
-        channel.append(encode_status(job_json), self._max_chunks, urgent=True, final=final)
+        channel.append(
+            encode_status(job_json), self._max_chunks, self._max_bytes, urgent=True, final=final
+        )
 
     def close(self) -> None:
         self.closing.set()

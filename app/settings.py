@@ -63,7 +63,10 @@ class Settings(BaseSettings):
         description="Browser origins allowed besides the service's own, comma-separated.",
     )
     flush_seconds: float = Field(
-        0.1, gt=0, description="Longest a step's loss waits before it is handed out."
+        0.25,
+        gt=0,
+        description="Longest a step's loss waits before it is handed out (a job's first loss "
+        "and its last ones go at once).",
     )
     stream_stall_seconds: float = Field(
         30.0,

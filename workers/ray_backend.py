@@ -214,7 +214,7 @@ class RayBackend(Backend):
         max_cpu_slots: int | None = None,
         jobs_per_gpu: int = 1,
         timeout_s: float | None = None,
-        flush_seconds: float = 0.1,
+        flush_seconds: float = 0.25,
         attempts: int = 3,
         watchdog_s: float = 30.0,
         max_pending_messages: int = MAX_PENDING_MESSAGES,

@@ -1,7 +1,10 @@
 """Hands a run's losses to a sink in batches, without a host-device sync per step.
 
-On the CPU a loss is a host value already: `float(loss)` costs nothing, and batches are cut every
-few milliseconds so a watcher sees each step almost at once.
+On the CPU a loss is a host value already: `float(loss)` costs nothing. The first step's loss is
+handed out at once, then a batch every `flush_seconds` (the service's TRAINWIRE_FLUSH_SECONDS,
+250 ms) or `flush_steps` steps, and whatever is left at the end: each batch costs the server a
+store write and a send to every watcher, and on a host whose cores all train, that CPU is taken
+from the job.
 
 On a GPU, `loss.item()` would stall the host until the device has finished the step, so the loop
 could never run ahead of the device. Instead each step's loss is copied, on the device, into a
@@ -43,7 +46,7 @@ class LossRecorder:
         steps: int,
         device: torch.device | None = None,
         flush_seconds: float = 0.005,
-        flush_steps: int = 512,
+        flush_steps: int = 4096,
     ):
         self._sink = sink
         self._flush_seconds = flush_seconds

@@ -23,7 +23,7 @@ from app.store import JobRow, Store
 from app.store.chunks import contiguous_prefix, pack, unpack
 from app.store.store import _MIGRATIONS, make_engine
 
-# uneven batches: a first step alone (the worker sends it at once), a flush_steps-sized one,
+# uneven batches: a first step alone (the worker sends it at once), a 512-step one,
 # single steps, a long one
 BATCHES = [1, 7, 512, 1, 1, 300, 2048, 3, 130]
 STEPS = sum(BATCHES)

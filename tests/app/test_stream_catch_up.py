@@ -63,13 +63,16 @@ class Harness:
         return await self.streams.events(self.job_id, -1)
 
 
-def run_with_harness(tmp_path: Path, test: Callable[[Harness], Awaitable[None]]) -> None:
+def run_with_harness(
+    tmp_path: Path, test: Callable[[Harness], Awaitable[None]], max_bytes: int | None = None
+) -> None:
     async def main() -> None:
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", cpu_workers=1)
         store = Store(settings.database_url)
         try:
             # a backend that is never started: the test plays the worker
-            service = JobService(settings, store, EventHub(), make_backend(settings))
+            hub = EventHub() if max_bytes is None else EventHub(max_bytes=max_bytes)
+            service = JobService(settings, store, hub, make_backend(settings))
             job = await service.submit(JobCreate(variant="numpy", hyperparameters={"steps": 5000}))
             row = store.get_job(job.id)
             assert row is not None
@@ -111,6 +114,31 @@ def test_a_subscriber_left_behind_by_a_burst_gets_every_step_and_the_end(tmp_pat
         assert job.hub.subscriber_count() == 0
 
     run_with_harness(tmp_path, scenario)
+
+
+def test_a_subscriber_left_behind_by_big_batches_gets_every_step_and_the_end(
+    tmp_path: Path,
+) -> None:
+    """The hub's window is bounded in bytes too: a few big batches push the first ones out long
+    before 512 chunks, and the subscriber reads those from the store."""
+
+    async def scenario(job: Harness) -> None:
+        stream = await job.stream()
+        await asyncio.wait_for(anext(stream), PROMPT)  # the status
+        for i in range(5):  # ~60 KB of events each: the window holds the last one only
+            job.losses(1000 * i, [1000 * i + k + 0.25 for k in range(1000)])
+        channel = job.hub.subscribe(job.job_id)  # the stream's own channel, held once more
+        assert 0 < channel.size <= 100 << 10 and channel.first_seq == 4
+        job.hub.unsubscribe(job.job_id, channel)
+        job.finish()
+
+        events = await _drain(stream)
+        losses = [d for e, d in events if e == "loss"]
+        assert [d["step"] for d in losses] == list(range(5000))
+        assert [d["loss"] for d in losses] == [s + 0.25 for s in range(5000)]
+        assert [d["status"] for e, d in events if e == "status"] == ["succeeded"]
+
+    run_with_harness(tmp_path, scenario, max_bytes=100 << 10)
 
 
 def test_the_end_arriving_while_a_chunk_is_being_sent_is_sent_at_once(tmp_path: Path) -> None:
