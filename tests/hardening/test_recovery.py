@@ -142,10 +142,17 @@ def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
     make_server: Callable[..., Server],
 ) -> None:
     curve = {**CURVE, "steps": 20_000}  # one that ends: the rerun is compared whole
-    first = make_server(TRAINWIRE_CPU_WORKERS="1")
+    # small batches: several chunks early in the run, so that one in the middle can go
+    first = make_server(TRAINWIRE_CPU_WORKERS="1", TRAINWIRE_FLUSH_SECONDS="0.02")
     with first.client() as client:
         long = submit(client, "tensors", hp=curve, seed=SEED, device="cpu")["id"]
         wait_for(lambda: client.get(f"/v1/jobs/{long}").json()["step"] >= KILL_AFTER_STEP, 60)
+        # and a chunk after the one that holds step 500
+        later = (
+            "SELECT first_step FROM loss_chunks WHERE first_step > 500 "
+            "AND job_pk = (SELECT pk FROM jobs WHERE id = :id)"
+        )
+        wait_for(lambda: bool(first.query(later, id=long)), 60)
     first.kill()
     # a store that lost losses in the middle (and whose job row claims more than it holds)
     first.execute(

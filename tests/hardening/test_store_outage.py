@@ -23,7 +23,8 @@ from servers import POSTGRES, Server, submit, wait_final, wait_for
 # small problems: each job makes thousands of steps a second, so the store fills up fast
 FAST = {"batch_size": 4, "d_in": 8, "hidden": 4, "d_out": 2}
 STEPS = 150_000
-DISK_BYTES = 4 << 20  # a fresh store and a few thousand steps fit; 150,000 steps of 3 jobs don't
+# a fresh store and a few thousand steps fit; 150,000 steps of 3 jobs (~3.6 MB of chunks) don't
+DISK_BYTES = 2 << 20
 
 Outage = Callable[[], None]
 POSTGRES_CTL = os.environ.get("TRAINWIRE_TEST_POSTGRES_CTL")  # set by tests/with_postgres.sh
