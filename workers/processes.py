@@ -76,7 +76,7 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
     from threadpoolctl import threadpool_limits
 
     from workers.runner import run_job
-    from workers.threads import ProcessThreads
+    from workers.threads import ProcessThreads, release_idle_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when jobs stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -113,6 +113,8 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
             conn.send(LossBatch(job_id, first_step, values))
 
         conn.send(run_job(message.spec, sink, cancel, message.timeout_s, message.flush_seconds))
+        if device == "cpu" and (threads_now.current or 1) > 1:
+            release_idle_threads()  # after the job's end is on its way: it has every core
 
 
 def device_facts(device: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ fixed count and never wait (the pool of before: cores // workers each).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,43 @@ class ProcessThreads:
         torch.set_num_threads(threads)
         self._blas.limit(limits=threads)
         self.current = threads
+
+
+def release_idle_threads() -> None:
+    """Let the OpenMP threads of this process's last parallel region go now, instead of
+    spinning for their next region (libgomp spins ~5 ms after each, on a core of their own).
+    Called by a worker's child after a job that ran on several threads: the end of the job
+    (its last losses and status, on their way to the watchers) then has every core, and the
+    next job's first parallel region starts its threads afresh. A no-op where the OpenMP
+    runtime has no `omp_pause_resource_all` (OpenMP 5.0)."""
+    pause = _omp_pause()
+    if pause is not None:
+        pause(1)  # omp_pause_soft
+
+
+@functools.cache
+def _omp_pause() -> Any:
+    return _find_omp_pause()
+
+
+def _find_omp_pause() -> Any:
+    """`omp_pause_resource_all` of the OpenMP runtime torch has loaded, or None."""
+    import ctypes
+    import re
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = set(re.findall(r"(/\S*lib[gi]?omp[^/\s]*\.so[^/\s]*)", f.read()))
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            function = ctypes.CDLL(path).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+        return function
+    return None
 
 
 def recorded_threads(environment: dict[str, Any] | None) -> int | None:

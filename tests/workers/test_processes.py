@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -71,6 +73,41 @@ def test_after_the_child_dies_the_next_call_starts_a_fresh_one(
         outcome, losses = _run_in(worker, spec("numpy", steps=20))
         assert outcome.status == "succeeded" and len(losses) == 20
         assert worker._process.pid != first
+    finally:
+        worker.close()
+
+
+def _threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_a_child_lets_its_openmp_threads_go_after_a_job_on_several(
+    spec: Callable[..., JobSpec],
+) -> None:
+    """After a job on two threads, the child's OpenMP thread does not stay (libgomp's would spin
+    on a core of its own for ms, taking it from the job's end on its way to the watchers, then
+    sleep there); the next job on two threads starts its own and gives the same curve."""
+    worker = ChildWorker("cpu", 1)
+    try:
+        worker.ready()
+        pid = worker._process.pid
+        idle = _threads_of(pid)
+        job = replace(spec("tensors", seed=3, steps=400), threads=2)
+        during: list[int] = []
+        losses: list[list[float]] = [[], []]
+        for run in range(2):
+
+            def sink(first_step: int, values: list[float], run: int = run) -> None:
+                during.append(_threads_of(pid))
+                losses[run].extend(values)
+
+            assert worker.run(job, sink, threading.Event(), None, 0.001).status == "succeeded"
+            deadline = time.monotonic() + 10
+            while _threads_of(pid) != idle:
+                assert time.monotonic() < deadline, f"{_threads_of(pid)} threads, {idle} before"
+                time.sleep(0.01)
+        assert max(during) > idle  # the jobs did run OpenMP threads of their own
+        assert losses[1] == losses[0] and len(losses[0]) == 400
     finally:
         worker.close()
 
