@@ -88,16 +88,12 @@ def release_idle_threads() -> None:
     (its last losses and status, on their way to the watchers) then has every core, and the
     next job's first parallel region starts its threads afresh. A no-op where the OpenMP
     runtime has no `omp_pause_resource_all` (OpenMP 5.0)."""
-    pause = _omp_pause()
+    pause = _find_omp_pause()
     if pause is not None:
         pause(1)  # omp_pause_soft
 
 
 @functools.cache
-def _omp_pause() -> Any:
-    return _find_omp_pause()
-
-
 def _find_omp_pause() -> Any:
     """`omp_pause_resource_all` of the OpenMP runtime torch has loaded, or None."""
     import ctypes

@@ -48,6 +48,23 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
+def chunk_events(chunk: bytes, loss_ids: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a chunk of a stream's bytes; comments and retry hints are left
+    out. `loss_ids`: each `loss` event's `id:` must be its step (a job's stream; a sweep's has
+    none)."""
+    events = []
+    for block in chunk.decode().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
+        )
+        if "data" in fields:
+            data = strict_json(fields["data"])
+            if loss_ids and fields["event"] == "loss":
+                assert fields["id"] == str(data["step"])
+            events.append((fields["event"], data))
+    return events
+
+
 def body(response: httpx.Response) -> Any:
     """A response's JSON body, strictly parsed."""
     assert response.headers["content-type"].startswith("application/json"), response.headers

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from jobclient import strict_json
+from jobclient import chunk_events as parse_events
 
 from app.backends import make_backend
 from app.hub import EventHub
@@ -25,21 +25,6 @@ from trainwire.models import JobCreate
 
 # far less than the 15 s between keep-alive comments: a stream that waits for one is stuck
 PROMPT = 5.0
-
-
-def parse_events(chunk: bytes) -> list[tuple[str, dict[str, Any]]]:
-    """(event, data) pairs of an SSE chunk; comments and retry hints are left out."""
-    events = []
-    for block in chunk.decode().split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
-        )
-        if "data" in fields:
-            data = strict_json(fields["data"])
-            if fields["event"] == "loss":
-                assert fields["id"] == str(data["step"])
-            events.append((fields["event"], data))
-    return events
 
 
 class Harness:

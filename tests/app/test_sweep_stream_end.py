@@ -11,9 +11,10 @@ publications back.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+from jobclient import chunk_events
 
 from app.backends import make_backend
 from app.hub import EventHub
@@ -28,17 +29,6 @@ STEPS = 10
 PROMPT = 5.0  # far less than the 15 s keep-alive: a stream that waits for one is stuck
 QUIET = 1.0  # how long nothing more may come while one run's end is held back
 FINAL = {"succeeded", "failed", "cancelled"}
-
-
-def events(chunk: bytes) -> list[tuple[str, dict[str, object]]]:
-    out = []
-    for block in chunk.decode().split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
-        )
-        if "data" in fields:
-            out.append((fields["event"], json.loads(fields["data"])))
-    return out
 
 
 class Reader:
@@ -62,7 +52,7 @@ class Reader:
         """Every event until nothing more comes for QUIET seconds."""
         got: list[tuple[str, dict[str, object]]] = []
         while (chunk := await self.next(QUIET)) is not None:
-            got += events(chunk)
+            got += chunk_events(chunk, loss_ids=False)
         return got
 
     async def to_end(self) -> list[tuple[str, dict[str, object]]]:
@@ -72,7 +62,7 @@ class Reader:
             while True:
                 chunk = await self.next(PROMPT)
                 assert chunk is not None, f"the stream stopped before its end, after {got}"
-                got += events(chunk)
+                got += chunk_events(chunk, loss_ids=False)
         except StopAsyncIteration:
             return got
 
@@ -93,7 +83,7 @@ def test_a_final_sweep_event_comes_last_after_every_run_s_losses(tmp_path: Path)
             runs = [store.get_job(run.id) for run in sweep.jobs]
             assert all(runs)
             reader = Reader(await SweepStreams(store, hub).events(sweep.id, None))
-            seen = events(await anext(reader.stream))
+            seen = chunk_events(await anext(reader.stream), loss_ids=False)
             assert [e for e, _ in seen] == ["sweep"] and seen[0][1]["status"] not in FINAL
 
             first, second = runs
