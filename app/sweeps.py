@@ -31,7 +31,7 @@ from app.errors import (
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
 from app.service import JobService
 from app.store import JobRow
-from app.store.sweeps import SweepRow, SweepStore
+from app.store.sweeps import SweepRow, SweepStore, exact_default
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
 from trainwire.sweeps import Sweep, SweepCreate
@@ -87,7 +87,7 @@ class SweepService:
             model = VARIANTS[runs[0].variant].hyperparameters
             hps = [model.model_validate(run.hyperparameters) for run in runs]
             groups = self._groups(runs[0].variant, device, [(hp, 0) for hp in hps])
-            self._enqueue(runs, hps, device, groups)
+            self._enqueue(runs, hps, device, groups, found[0].fused_exact)
             taken.update(run.id for run in runs)
         return [row for row in rows if row.id not in taken]
 
@@ -125,6 +125,7 @@ class SweepService:
             "device": req.device,
             "fuse": "auto" if req.fuse == "auto" else str(req.fuse).lower(),
             "fused": any(len(group) > 1 for group in groups),
+            "exact": req.exact if req.exact is not None else exact_default(req.fuse is True),
             "cancelled": False,
             "created_at": now,
         }
@@ -149,7 +150,7 @@ class SweepService:
             sweep, rows = await asyncio.wrap_future(
                 self.store.insert_sweep(sweep_values, run_values)
             )
-            self._enqueue(rows, [hp for hp, _ in runs], device, groups)
+            self._enqueue(rows, [hp for hp, _ in runs], device, groups, sweep.fused_exact)
         return sweep.to_sweep(rows)
 
     def _validate(
@@ -312,7 +313,12 @@ class SweepService:
         return max(1, (len(gpus) if device == "cuda" else 1) * per_gpu)
 
     def _enqueue(
-        self, rows: list[JobRow], hps: list[Hyperparameters], device: str, groups: list[list[int]]
+        self,
+        rows: list[JobRow],
+        hps: list[Hyperparameters],
+        device: str,
+        groups: list[list[int]],
+        exact: bool,
     ) -> None:
         for row in rows:
             self.jobs.consumer.admit(row)
@@ -323,7 +329,7 @@ class SweepService:
                 for i in group
             ]
             if len(specs) > 1:
-                backend.submit_group(specs)
+                backend.submit_group(specs, exact)
             else:
                 backend.submit(specs[0])
 

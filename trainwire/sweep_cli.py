@@ -79,6 +79,13 @@ def add_sweep_parser(
         help="run the runs as one batched computation: auto (on a GPU), true, false",
     )
     sweep.add_argument(
+        "--exact",
+        choices=["true", "false"],
+        default=None,
+        help="fused runs must equal the jobs alone bit for bit (default: true with --fuse true, "
+        "false with auto); false: batched kernels for speed",
+    )
+    sweep.add_argument(
         "--watch", action="store_true", help="then follow it and print its runs (the id on stderr)"
     )
     sweep.add_argument("--json", action="store_true", help="print the sweep object")
@@ -98,6 +105,7 @@ def run_sweep(tw: Client, args: argparse.Namespace, hyperparameter_names: list[s
         device=args.device,
         label=args.label,
         fuse=fuse,
+        exact=None if args.exact is None else args.exact == "true",
         **hyperparameters,
     )
     out = sys.stderr if args.watch else sys.stdout

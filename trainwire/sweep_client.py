@@ -71,6 +71,7 @@ def sweep_body(
     device: str,
     label: str | None,
     fuse: Fuse,
+    exact: bool | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "variant": variant,
@@ -83,6 +84,8 @@ def sweep_body(
         body["seed"] = seed
     if label is not None:
         body["label"] = label
+    if exact is not None:
+        body["exact"] = exact
     return body
 
 
@@ -156,6 +159,7 @@ class SweepCalls(_Mixin):
         device: str = "auto",
         label: str | None = None,
         fuse: Fuse = "auto",
+        exact: bool | None = None,
         **hyperparameters: Any,
     ) -> Sweep:
         """Queue every combination of `grid`'s values as a run (a job); hyperparameters not
@@ -163,8 +167,9 @@ class SweepCalls(_Mixin):
         from trainwire.client import _body, _parse
 
         body = sweep_body(
-            variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse
-        )
+            variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse,
+            exact=exact,
+        )  # fmt: skip
         return _parse(Sweep, _body(self._send("POST", "/v1/sweeps", json=body)))
 
     def get_sweep(self, sweep_id: str) -> Sweep:
@@ -274,14 +279,16 @@ class AsyncSweepCalls(_Mixin):
         device: str = "auto",
         label: str | None = None,
         fuse: Fuse = "auto",
+        exact: bool | None = None,
         **hyperparameters: Any,
     ) -> Sweep:
         """Queue every combination of `grid`'s values as a run (a job). Never retried."""
         from trainwire.client import _body, _parse
 
         body = sweep_body(
-            variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse
-        )
+            variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse,
+            exact=exact,
+        )  # fmt: skip
         response = await self._send("POST", "/v1/sweeps", json=body)
         return _parse(Sweep, _body(response))
 

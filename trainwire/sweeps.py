@@ -94,6 +94,16 @@ class SweepCreate(BaseModel):
         'computation: "auto" (where the device is a GPU), true, false ("true" and "false" as '
         "strings too).",
     )
+    exact: bool | None = Field(
+        None,
+        description="When runs are fused, must each equal the same job alone bit for bit? "
+        "true: runs fuse only on kernels that give exactly the job alone's curve (per-run "
+        "products on the CPU; on a GPU batched ones a check found equal, else the runs train "
+        "as plain jobs). false: batched kernels for speed, reproducible as a group, within "
+        "rounding of the job alone at each step but not equal to it. Default: true with "
+        '`fuse: true`, false with `fuse: "auto"`. Each run\'s `environment.fused_exact` says '
+        "what holds (by_construction, checked or unchecked).",
+    )
 
     @field_validator("label")
     @classmethod
@@ -149,6 +159,9 @@ class Sweep(BaseModel):
     seed: int | None = Field(description="The seed of every run when the grid has no `seed`.")
     device: str = Field(description="The device asked for.")
     fuse: Fuse
+    exact: bool = Field(
+        description="Fused runs must equal the jobs alone bit for bit (see the request's field)."
+    )
     fused: bool = Field(
         description="Its runs are handed to the workers as batched groups (each run's "
         "`environment.fused_runs` says how many ran together)."

@@ -128,10 +128,11 @@ class Backend(ABC):
         """Whether `submit_group` runs a group of this variant's runs as one computation."""
         return False
 
-    def submit_group(self, specs: list[JobSpec]) -> None:
+    def submit_group(self, specs: list[JobSpec], exact: bool = True) -> None:
         """Queue runs that differ only in learning rate and seed, to run as one batched
         computation where the backend can (each run still gets its own messages); a backend
-        that cannot fuse queues them one by one."""
+        that cannot fuse queues them one by one. `exact`: the runs must equal the runs alone
+        bit for bit (else they may train on batched kernels: workers.fused.check)."""
         for spec in specs:
             self.submit(spec)
 

@@ -25,6 +25,12 @@ _FINAL = [s.value for s in FINAL_STATUSES]
 DeleteOutcome = Literal["deleted", "not_final", "gone"]
 
 
+def exact_default(fuse_true: bool) -> bool:
+    """`exact` when a sweep does not say: true with `fuse: true`, false with "auto" (which
+    fuses only on a GPU, where batched kernels are where the speed is)."""
+    return fuse_true
+
+
 @dataclass(frozen=True)
 class SweepRow:
     """One row of the `sweeps` table."""
@@ -39,6 +45,7 @@ class SweepRow:
     device: str
     fuse: str  # "auto", "true", "false"
     fused: bool
+    exact: bool | None  # null: as `fuse` implies
     cancelled: bool
     created_at: str
 
@@ -46,7 +53,14 @@ class SweepRow:
     def from_mapping(cls, row: Any) -> SweepRow:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["fused"], values["cancelled"] = bool(values["fused"]), bool(values["cancelled"])
+        if values["exact"] is not None:
+            values["exact"] = bool(values["exact"])
         return cls(**values)
+
+    @property
+    def fused_exact(self) -> bool:
+        """Whether fused runs must equal the jobs alone: as asked, else as `fuse` implies."""
+        return exact_default(self.fuse == "true") if self.exact is None else self.exact
 
     def to_sweep(self, runs: list[JobRow]) -> Sweep:
         """The API's view of the sweep, from its runs as they stand."""
@@ -64,6 +78,7 @@ class SweepRow:
             seed=self.seed,
             device=self.device,
             fuse="auto" if self.fuse == "auto" else self.fuse == "true",
+            exact=self.fused_exact,
             fused=self.fused,
             status=sweep_status(self.cancelled, runs),
             counts=counts,

@@ -77,6 +77,7 @@ sweeps = Table(
     Column("device", String(16), nullable=False),
     Column("fuse", String(8), nullable=False),  # auto, true, false
     Column("fused", Boolean, nullable=False),
+    Column("exact", Boolean),  # null: as `fuse` implies (trainwire.sweeps.SweepCreate.exact)
     Column("cancelled", Boolean, nullable=False, default=False),  # POST .../cancel was called
     Column("created_at", String(32), nullable=False),
     Index("ix_sweeps_variant_pk", "variant", "pk"),

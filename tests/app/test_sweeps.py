@@ -85,7 +85,7 @@ def test_a_fused_sweep_gives_each_run_the_curve_of_the_job_alone(
     sweep = submit_sweep(
         client, variant, hp=hp, grid={"learning_rate": rates, "seed": [3, 4]}, fuse=True
     )
-    assert sweep["fuse"] is True and sweep["fused"] is True
+    assert sweep["fuse"] is True and sweep["fused"] is True and sweep["exact"] is True
     stream = read_sweep_events(client, sweep["id"])
     final = stream.assert_complete()
     assert final["status"] == "succeeded", final
@@ -95,11 +95,39 @@ def test_a_fused_sweep_gives_each_run_the_curve_of_the_job_alone(
         # six runs in two batched computations (one per CPU worker) on one thread each: a job
         # alone with one thread makes the same curve
         assert job["environment"]["fused_runs"] == 3 and job["environment"]["threads"] == 1
+        assert job["environment"]["fused_exact"] == "by_construction"
         alone = submit(client, variant, hp=job["hyperparameters"], seed=job["seed"], threads=1)
         assert wait_final(client, alone["id"])["environment"]["threads"] == 1
         expected = all_losses(client, alone["id"])[1]
         assert all_losses(client, run["id"])[1] == expected, run["hyperparameters"]
         assert [loss for _, loss in points[run["id"]]] == expected
+
+
+def test_a_fused_sweep_that_asks_for_speed_says_its_runs_are_unchecked_and_repeats_its_bits(
+    client: httpx.Client,
+) -> None:
+    hp = {"batch_size": 16, "d_in": 64, "hidden": 32, "d_out": 4, "steps": 60}
+    grid = {"learning_rate": [1e-4, 3e-4], "seed": [3, 4]}
+    curves = []
+    for _ in range(2):
+        sweep = submit_sweep(client, "nn", hp=hp, grid=grid, fuse=True, exact=False)
+        assert sweep["fused"] is True and sweep["exact"] is False
+        final = wait_sweep_final(client, sweep["id"])
+        assert final["status"] == "succeeded", final
+        for run in final["jobs"]:
+            environment = body(client.get(f"/v1/jobs/{run['id']}"))["environment"]
+            assert (environment["fused_kernels"], environment["fused_exact"]) == (
+                "batched",
+                "unchecked",
+            )
+        curves.append([all_losses(client, run["id"])[1] for run in final["jobs"]])
+    # the same sweep again on the same machine: the same bits (floats compare exactly here)
+    assert curves[0] == curves[1]
+
+
+def test_exact_takes_only_a_boolean(client: httpx.Client) -> None:
+    response = client.post("/v1/sweeps", json={"variant": "nn", "grid": {"seed": [1]}, "exact": 3})
+    assert response.status_code == 422 and "exact" in response.text
 
 
 def test_fuse_auto_runs_cpu_sweeps_as_plain_jobs(client: httpx.Client) -> None:

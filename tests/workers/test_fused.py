@@ -1,6 +1,8 @@
-"""Fused runs: every variant's batched program gives each run the curve it has alone, bit for bit
-(on one CPU thread, as a fused group runs); cancel and divergence end one run, not the others;
-the check refuses what differs; the pool runs groups and puts refused ones back as plain jobs."""
+"""Fused runs: with per-run kernels every variant's fused program gives each run the curve it has
+alone, bit for bit (on one CPU thread, as a fused group runs), on any CPU by construction;
+batched kernels give the same bits every time; cancel and divergence end one run, not the
+others; the check refuses batched kernels made to differ and passes those that do not; the pool
+runs groups, says what holds of them, and puts refused ones back as plain jobs."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import torch
 from backendkit import WAIT, Messages
 from runkit import Collected, Trained, make_spec
 from threadpoolctl import threadpool_limits
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, RunOutcome
-from workers.fused import FUSED, batch, check
+from workers.fused import FUSED, check
 from workers.fused.batch import run_fused
 from workers.fused.groups import plan_groups
 from workers.hyperparameters import estimate_job_bytes
@@ -138,15 +141,80 @@ def test_a_diverging_run_fails_as_alone_and_the_others_go_on(
         assert bits(collected[r].losses) == bits(alone(train, specs[r]).losses)
 
 
-def test_the_check_passes_what_is_equal_and_names_a_difference(
+def split_k_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A batched product that adds its reduction in another order (two halves of K): equal to
+    a @ b in exact arithmetic, another rounding in floating point."""
+    k = a.shape[-1] // 2
+    return torch.matmul(a[..., :k], b[..., :k, :]) + torch.matmul(a[..., k:], b[..., k:, :])
+
+
+def split_k_baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return bias + split_k_bmm(a, b)
+
+
+@pytest.fixture
+def differing_batched_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batched products made to round otherwise than each run's own mm."""
+    monkeypatch.setattr(torch, "bmm", split_k_bmm)
+    monkeypatch.setattr(torch, "baddbmm", split_k_baddbmm)
+
+
+def test_per_run_kernels_pass_the_check_without_running_it() -> None:
+    specs = group("nn", [(1, 1e-4), (2, 3e-4)], steps=50, **SMALL)
+    plan = check.fusion_plan(specs)
+    assert isinstance(plan, check.FusionPlan)
+    assert (plan.kernels, plan.exact) == ("per_run", "by_construction")
+    assert check.compare_fused_to_alone(specs, 30, kernels="per_run", draws=2) is None
+
+
+@pytest.mark.usefixtures("differing_batched_kernels")
+@pytest.mark.parametrize("variant", ["tensors", "nn", "optim"])
+def test_the_check_refuses_batched_kernels_that_differ(variant: str) -> None:
+    rate = BASE_RATE.get(variant, 1e-4)
+    specs = group(variant, [(1, rate), (2, rate * 2)], steps=50, **SMALL)
+    why = check.compare_fused_to_alone(specs, check.CHECK_STEPS, kernels="batched")
+    assert why is not None and "differ at step" in why and variant in why
+    # a per-run product never calls the batched kernel
+    assert check.compare_fused_to_alone(specs, check.CHECK_STEPS, kernels="per_run") is None
+
+
+def test_the_check_passes_batched_kernels_that_equal_the_runs_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    specs = group("tensors", [(1, 1e-6), (2, 2e-6)], steps=50, **TINY)
-    assert check.compare_fused_to_alone(specs, check.CHECK_STEPS) is None
-    # ATen's own bmm for the small product (8 x 10 x 2), where mm takes another kernel
-    monkeypatch.setattr(batch, "BMM_SMALL", 0)
-    why = check.compare_fused_to_alone(specs, check.CHECK_STEPS)
-    assert why is not None and "differ at step" in why and "tensors" in why
+    # a "batched" product that is each run's mm in disguise: the check must let it through
+    def per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.mm(y) for x, y in zip(a, b, strict=True)])
+
+    monkeypatch.setattr(torch, "bmm", per_slice)
+    monkeypatch.setattr(check, "EXACT_KERNELS", {"cpu": "batched"})
+    check.forget_verdicts()
+    try:
+        specs = group("tensors", [(1, 1e-6), (2, 2e-6)], steps=50, **SMALL)
+        plan = check.fusion_plan(specs)
+        assert isinstance(plan, check.FusionPlan)
+        assert (plan.kernels, plan.exact) == ("batched", "checked")
+    finally:
+        check.forget_verdicts()
+
+
+@pytest.mark.parametrize("variant", ["nn", "optim", "tensors", "numpy"])
+def test_batched_kernels_give_the_same_bits_every_time(variant: str) -> None:
+    rate = BASE_RATE.get(variant, 1e-4)
+    specs = group(variant, [(1, rate), (2, rate * 3), (3, rate / 3)], steps=60, **SMALL)
+    runs = []
+    for _ in range(2):
+        collected = [Collected() for _ in specs]
+        run_fused(specs, FUSED[variant], collected, lambda finished: None, kernels="batched")
+        runs.append([bits(c.losses) for c in collected])
+    assert runs[0] == runs[1] and all(len(curve) == 60 for curve in runs[0])
+
+
+def test_a_sweep_that_asks_for_speed_trains_batched_and_says_so() -> None:
+    specs = group("nn", [(1, 1e-4), (2, 3e-4)], steps=10, **SMALL)
+    plan = check.fusion_plan(specs, exact=False)
+    assert isinstance(plan, check.FusionPlan)
+    assert (plan.kernels, plan.exact) == ("batched", "unchecked")
+    assert plan.environment()["fused_exact"] == "unchecked"
 
 
 def test_groups_split_by_what_runs_share_and_by_the_memory_budget() -> None:
@@ -206,6 +274,7 @@ def test_the_pool_runs_a_group_as_one_and_reports_each_run(
         assert finished.status == RunOutcome.succeeded and finished.steps_done == 30
         environment = messages.environment[spec.job_id]
         assert environment["fused_runs"] == 3 and environment["threads"] == 1
+        assert environment["fused_exact"] == "by_construction"
         assert bits(messages.losses[spec.job_id]) == bits(alone(train, spec).losses)
 
 
@@ -233,16 +302,17 @@ def test_a_run_cancelled_in_a_queued_or_running_group_ends_alone(
     assert pool.cancel("run2") is None
 
 
+@pytest.mark.usefixtures("differing_batched_kernels")
 def test_a_group_the_check_refuses_runs_as_plain_jobs(
     make_pool: Callable[..., tuple[LocalBackend, Messages]],
     train: Callable[..., Trained],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(batch, "BMM_SMALL", 0)  # the small product then differs from mm's
+    monkeypatch.setattr(check, "EXACT_KERNELS", {"cpu": "batched"})  # as on a GPU
     check.forget_verdicts()
     try:
         pool, messages = make_pool(processes=False)
-        specs = group("tensors", [(1, 1e-6), (2, 2e-6)], steps=20, **TINY)
+        specs = group("tensors", [(1, 1e-6), (2, 2e-6)], steps=20, **SMALL)
         pool.submit_group(specs)
         for spec in specs:
             assert messages.wait_done(spec.job_id).status == RunOutcome.succeeded
@@ -250,3 +320,20 @@ def test_a_group_the_check_refuses_runs_as_plain_jobs(
             assert bits(messages.losses[spec.job_id]) == bits(alone(train, spec).losses)
     finally:
         check.forget_verdicts()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
+def test_the_pool_trains_a_group_that_asks_for_speed_on_batched_kernels(
+    make_pool: Callable[..., tuple[LocalBackend, Messages]], processes: bool
+) -> None:
+    pool, messages = make_pool(processes=processes)
+    specs = group("nn", [(1, 1e-4), (2, 1e-3)], steps=30, **SMALL)
+    pool.submit_group(specs, exact=False)
+    for spec in specs:
+        assert messages.wait_done(spec.job_id).status == RunOutcome.succeeded
+        environment = messages.environment[spec.job_id]
+        assert environment["fused_runs"] == 2
+        assert (environment["fused_kernels"], environment["fused_exact"]) == (
+            "batched",
+            "unchecked",
+        )

@@ -14,6 +14,7 @@ within one run's slice), so a masked run's numbers, NaN included, never reach an
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import threading
 import time
@@ -30,8 +31,19 @@ from workers.recorder import LossSink
 from workers.runner import CancelFlag, TimedOut, _is_out_of_memory
 
 # ATen's CPU bmm takes another kernel than mm below this many multiply-adds per matrix
-# (K * M * N < 400); there, each run's matrix product is its own mm, as alone
+# (K * M * N < 400); there, batched kernels still compute each run's product as its own mm
 BMM_SMALL = 400
+
+# How a fused group's matrix products are computed (see run_fused's `kernels`):
+#   "per_run": each run's product is the call it makes alone (mm, addmm, dot on its own slice,
+#              the same shapes and strides), so the group's runs equal the runs alone by
+#              construction: everything else in a step is elementwise or within one run's slice.
+#   "batched": one batched call for every run (bmm, baddbmm, matmul on (R, ...) arrays): fewer
+#              calls, but a BLAS may round a batched product otherwise than a single one (MKL's
+#              SGEMM_BATCH and SGEMM do on AMD EPYC), so equality with the runs alone is a
+#              fact to check on each machine, not a given.
+KERNELS = ("per_run", "batched")
+_kernels: contextvars.ContextVar[str] = contextvars.ContextVar("fused_kernels", default="per_run")
 
 
 class FusedRecorder:
@@ -293,23 +305,34 @@ def hand_grads(
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Every run's nn.Linear at once: x (R, N, in), weight (R, out, in), bias (R, out) ->
-    (R, N, out), each run's rows computed as F.linear (addmm) alone would compute them."""
+    (R, N, out); with per-run kernels each run's rows are F.linear (addmm) of its own slice."""
     runs, n, d_in = x.shape
-    if x.device.type == "cpu" and n * d_in * weight.shape[1] < BMM_SMALL:
+    if _per_run(x.device, n * d_in * weight.shape[1]):
         return torch.stack([F.linear(x[r], weight[r], bias[r]) for r in range(runs)])
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched a @ b, each run's product computed as that run's `mm` alone would be."""
-    if a.device.type == "cpu" and a.shape[1] * a.shape[2] * b.shape[2] < BMM_SMALL:
+    """Batched a @ b; with per-run kernels each run's product is its own `mm`, as alone."""
+    if _per_run(a.device, a.shape[1] * a.shape[2] * b.shape[2]):
         return torch.stack([a[r].mm(b[r]) for r in range(a.shape[0])])
     return torch.bmm(a, b)
 
 
 def npmatmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched a @ b for numpy arrays (each run's product is a BLAS gemm, as `dot` alone)."""
+    """Batched a @ b for numpy arrays; with per-run kernels each run's product is its own
+    `dot`, as alone."""
+    if _kernels.get() == "per_run":
+        return np.stack([a[r].dot(b[r]) for r in range(a.shape[0])])
     return np.matmul(a, b)
+
+
+def _per_run(device: torch.device, multiply_adds: int) -> bool:
+    """Whether a product is computed run by run (always with per-run kernels; with batched
+    ones where ATen's CPU bmm would take its naive kernel)."""
+    if _kernels.get() == "per_run":
+        return True
+    return device.type == "cpu" and multiply_adds < BMM_SMALL
 
 
 @contextlib.contextmanager
@@ -339,9 +362,13 @@ def run_fused(
     cancels: Sequence[CancelFlag] | None = None,
     timeout_s: float | None = None,
     flush_seconds: float = 0.005,
+    kernels: str = "per_run",
 ) -> None:
     """Run a fused group to its end; each run's losses go to its sink and its `Finished` to
-    `finish` as soon as that run ends (a cancelled or diverged run before the others)."""
+    `finish` as soon as that run ends (a cancelled or diverged run before the others).
+    `kernels` says how its matrix products are computed (see KERNELS)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
     device = torch.device(specs[0].device)
     flags: list[CancelFlag] = list(cancels) if cancels else [threading.Event() for _ in specs]
     recorder = FusedRecorder(sinks, specs[0].hyperparameters.steps, device, flush_seconds)
@@ -369,9 +396,11 @@ def run_fused(
             else contextlib.nullcontext()
         )
         with stream_ctx, one_thread(device), np.errstate(over="ignore", invalid="ignore"):
+            token = _kernels.set(kernels)
             try:
                 train(run)
             finally:
+                _kernels.reset(token)
                 for r in recorder.flush():
                     end(r, RunOutcome.failed)
     except TimedOut:

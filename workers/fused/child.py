@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome
 
+if TYPE_CHECKING:
+    from workers.fused.check import FusionPlan
+
 
 @dataclass(frozen=True)
 class RunGroup:
     specs: list[JobSpec]
     timeout_s: float | None
     flush_seconds: float
+    exact: bool = True  # the runs must equal the runs alone (workers.fused.check)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class GroupRefused:
 
 @dataclass(frozen=True)
 class GroupAccepted:
-    pass
+    plan: FusionPlan
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,16 @@ def run_group_in_child(conn: Connection, message: RunGroup, run_cancels: Any) ->
     """In the child: check that the group may fuse here, then train it."""
     from workers.fused import FUSED
     from workers.fused.batch import run_fused
-    from workers.fused.check import fusion_refused
+    from workers.fused.check import fusion_plan
 
     try:
-        refused = fusion_refused(message.specs)
+        plan = fusion_plan(message.specs, message.exact)
     except Exception as exc:  # a check that cannot run is a no
-        refused = f"the check failed: {type(exc).__name__}: {exc}"[:500]
-    if refused is not None:
-        conn.send(GroupRefused(refused))
+        plan = f"the check failed: {type(exc).__name__}: {exc}"[:500]
+    if isinstance(plan, str):
+        conn.send(GroupRefused(plan))
         return
-    conn.send(GroupAccepted())
+    conn.send(GroupAccepted(plan))
     sinks = [
         lambda first, values, job_id=spec.job_id: conn.send(LossBatch(job_id, first, values))
         for spec in message.specs
@@ -76,6 +80,7 @@ def run_group_in_child(conn: Connection, message: RunGroup, run_cancels: Any) ->
         flags,
         message.timeout_s,
         message.flush_seconds,
+        plan.kernels,
     )
     conn.send(GroupDone())
 
@@ -95,19 +100,20 @@ class FusedGroupChild:
         specs: list[JobSpec],
         emit: Callable[[LossBatch], None],
         finish: Callable[[Finished], None],
-        started: Callable[[], None],
+        started: Callable[[FusionPlan], None],
         cancels: Sequence[Any],
         timeout_s: float | None,
         flush_seconds: float,
+        exact: bool = True,
     ) -> str | None:
-        """Run a fused group in the child: `started()` once it takes the group, each run's
+        """Run a fused group in the child: `started(plan)` once it takes the group, each run's
         losses to `emit` and its end to `finish`. Returns why the group may not fuse here
         (nothing ran), or None."""
         conn = self._ensure()
         flags = self._run_cancels
         for i in range(len(specs)):
             flags[i] = 0
-        conn.send(RunGroup(specs, timeout_s, flush_seconds))
+        conn.send(RunGroup(specs, timeout_s, flush_seconds, exact))
         delivered: dict[str, int] = {}
         ended: set[str] = set()
         try:
@@ -125,7 +131,7 @@ class FusedGroupChild:
                     ended.add(message.job_id)
                     finish(message)
                 elif isinstance(message, GroupAccepted):
-                    started()
+                    started(message.plan)
                 elif isinstance(message, GroupRefused):
                     return message.reason
                 else:

@@ -27,6 +27,7 @@ class FusedGroup:
     cancel: threading.Event = field(default_factory=threading.Event)  # every run (a shutdown)
     run_cancels: dict[str, threading.Event] = field(default_factory=dict)
     threads: int | None = None  # granted when a CPU worker takes it (one: see fused.batch)
+    exact: bool = True  # its runs must equal the runs alone (see workers.fused.check)
 
     def __post_init__(self) -> None:
         for spec in self.specs:

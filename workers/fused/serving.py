@@ -19,7 +19,7 @@ from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, 
 from trainwire.jobs import WorkerMessage as Message
 from workers.fused import FUSED
 from workers.fused.batch import run_fused
-from workers.fused.check import fusion_refused
+from workers.fused.check import FusionPlan, fusion_plan
 from workers.fused.group import FusedGroup
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ class FusedGroupServing:
     def fuses(self, variant: str) -> bool:
         return variant in FUSED
 
-    def submit_group(self, specs: list[JobSpec]) -> None:
+    def submit_group(self, specs: list[JobSpec], exact: bool = True) -> None:
         with self._cond:
-            self._queue.append(FusedGroup(list(specs)))
+            self._queue.append(FusedGroup(list(specs), exact=exact))
             self._cond.notify_all()
 
     def _serve_group(self, group: FusedGroup, device: str, child: ChildWorker | None) -> None:
@@ -63,9 +63,10 @@ class FusedGroupServing:
         if device == "cpu":
             environment["threads"] = 1  # a fused group trains on one thread (fused.batch)
 
-        def started() -> None:
+        def started(plan: FusionPlan) -> None:
+            facts = {**environment, **plan.environment()}
             for spec in specs:
-                self._emit(Started(spec.job_id, device, environment))
+                self._emit(Started(spec.job_id, device, facts))
 
         def finish(finished: Finished) -> None:
             with self._cond:
@@ -88,15 +89,17 @@ class FusedGroupServing:
             if child is not None:
                 why = child.run_group(
                     specs, self._emit, finish, started, group.flags(), self._timeout_s,
-                    self._flush_seconds,
+                    self._flush_seconds, group.exact,
                 )  # fmt: skip
             else:
-                why = fusion_refused(specs)
-                if why is None:
-                    started()
+                plan = fusion_plan(specs, group.exact)
+                if isinstance(plan, str):
+                    why = plan
+                else:
+                    started(plan)
                     run_fused(
                         specs, FUSED[specs[0].variant], [sink(s.job_id) for s in specs], finish,
-                        group.flags(), self._timeout_s, self._flush_seconds,
+                        group.flags(), self._timeout_s, self._flush_seconds, plan.kernels,
                     )  # fmt: skip
         except Exception as exc:  # the worker outlives any one group
             log.exception("fused group of %s failed outside its run", group.job_id)
