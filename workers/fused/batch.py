@@ -308,14 +308,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     (R, N, out); with per-run kernels each run's rows are F.linear (addmm) of its own slice."""
     runs, n, d_in = x.shape
     if _per_run(x.device, n * d_in * weight.shape[1]):
-        return torch.stack([F.linear(x[r], weight[r], bias[r]) for r in range(runs)])
+        # unbind, not x[r]: its backward stacks the R gradients once (indexing would add R
+        # full-size zero tensors per operand)
+        parts = zip(x.unbind(0), weight.unbind(0), bias.unbind(0), strict=True)
+        return torch.stack([F.linear(xr, wr, br) for xr, wr, br in parts])
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched a @ b; with per-run kernels each run's product is its own `mm`, as alone."""
     if _per_run(a.device, a.shape[1] * a.shape[2] * b.shape[2]):
-        return torch.stack([a[r].mm(b[r]) for r in range(a.shape[0])])
+        return torch.stack([ar.mm(br) for ar, br in zip(a.unbind(0), b.unbind(0), strict=True)])
     return torch.bmm(a, b)
 
 
