@@ -28,7 +28,7 @@ from trainwire.client import (
 )
 from trainwire.hyperparameters import HYPERPARAMETERS
 from trainwire.jobs import VARIANT_NAMES, JobStatus
-from trainwire.models import Job
+from trainwire.models import Job, JobError
 from trainwire.sweep_cli import add_sweep_parser, run_sweep
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -174,14 +174,21 @@ def _positive(text: str) -> int:
 # -- output ---------------------------------------------------------------------------------------
 
 
-def format_loss(loss: float | None) -> str:
-    """A loss as the tutorial's `print(t, loss)` writes it; a non-finite one (null) as nan."""
-    return "nan" if loss is None else repr(loss)
+def non_finite(error: JobError | None) -> str:
+    """A loss sent as null (not finite): `nan`, `inf` or `-inf` as the job's error names it;
+    `nan` where the error does not say which."""
+    return (error.non_finite_loss() if error is not None else None) or "nan"
 
 
-def short_loss(loss: float | None) -> str:
+def format_loss(loss: float | None, error: JobError | None = None) -> str:
+    """A loss as the tutorial's `print(t, loss)` writes it; a non-finite one (null) as the job's
+    error names it."""
+    return non_finite(error) if loss is None else repr(loss)
+
+
+def short_loss(loss: float | None, error: JobError | None = None) -> str:
     """A loss for a person to read (six significant digits)."""
-    return "nan" if loss is None else f"{loss:.6g}"
+    return non_finite(error) if loss is None else f"{loss:.6g}"
 
 
 def _job_json(job: Job) -> str:
@@ -205,11 +212,23 @@ def _job_outcome(job: Job) -> int:
 
 def _watch_lines(tw: Client, job_id: str, out: TextIO) -> Job:
     """`t loss` per step, flushed at once (a plotter at the other end draws as they come)."""
+    # a null loss is the step a job diverged at, its last: the final status that follows says
+    # whether it was nan or inf, so that line waits for it
+    held: int | None = None
     for event in tw.stream(job_id):
         if isinstance(event, Loss):
+            if held is not None:
+                out.write(f"{held} {format_loss(None)}\n")
+                held = None
+            if event.loss is None:
+                held = event.step
+                continue
             out.write(f"{event.step} {format_loss(event.loss)}\n")
             out.flush()
         elif event.job.status.is_final:
+            if held is not None:
+                out.write(f"{held} {format_loss(None, event.job.error)}\n")
+                out.flush()
             return event.job
     raise ProtocolError("the stream ended without the job's final status")
 
@@ -250,7 +269,7 @@ def _watch_bar(tw: Client, job_id: str) -> Job:
             total=job.steps,
             completed=job.step,
             status=job.status.value,
-            loss=short_loss(job.last_loss) if job.step else "-",
+            loss=short_loss(job.last_loss, job.error) if job.step else "-",
         )
         for event in tw.stream(job_id, after=job.step - 1):
             if isinstance(event, Loss):
@@ -258,6 +277,8 @@ def _watch_bar(tw: Client, job_id: str) -> Job:
                 continue
             progress.update(task, status=event.job.status.value, total=event.job.steps)
             if event.job.status.is_final:
+                if event.job.step and event.job.last_loss is None:
+                    progress.update(task, loss=short_loss(None, event.job.error))
                 return event.job
     raise ProtocolError("the stream ended without the job's final status")
 
@@ -309,7 +330,7 @@ def _jobs(tw: Client, args: argparse.Namespace) -> int:
             job.variant,
             f"[{_STATUS_STYLE[job.status]}]{job.status.value}[/]",
             f"{job.step}/{job.steps}",
-            short_loss(job.last_loss) if job.step else "",
+            short_loss(job.last_loss, job.error) if job.step else "",
             job.label or "",
             job.created_at.replace("T", " ")[:19],
         )
@@ -341,7 +362,7 @@ def _show(tw: Client, args: argparse.Namespace) -> int:
         ("label", job.label),
         ("status", f"[{_STATUS_STYLE[job.status]}]{job.status.value}[/]"),
         ("step", f"{job.step}/{job.steps}"),
-        ("last loss", format_loss(job.last_loss) if job.step else None),
+        ("last loss", format_loss(job.last_loss, job.error) if job.step else None),
         ("error", f"{job.error.code.value}: {job.error.message}" if job.error else None),
         ("seed", job.seed),
         ("device", f"{job.device} (assigned: {job.assigned_device or '-'})"),
@@ -373,6 +394,8 @@ def _delete(tw: Client, args: argparse.Namespace) -> int:
 
 def _losses(tw: Client, args: argparse.Namespace) -> int:
     steps, losses = tw.losses(args.job, max_points=args.max_points)
+    # null is a non-finite loss: the job's error says which
+    error = tw.get(args.job).error if None in losses else None
     out = sys.stdout
     if args.json:
         out.write(json.dumps({"job_id": args.job, "steps": steps, "losses": losses}) + "\n")
@@ -382,7 +405,7 @@ def _losses(tw: Client, args: argparse.Namespace) -> int:
             f"{s},{'' if v is None else repr(v)}\n" for s, v in zip(steps, losses, strict=True)
         )
     else:
-        out.writelines(f"{s} {format_loss(v)}\n" for s, v in zip(steps, losses, strict=True))
+        out.writelines(f"{s} {format_loss(v, error)}\n" for s, v in zip(steps, losses, strict=True))
     return EXIT_OK
 
 

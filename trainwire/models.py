@@ -5,6 +5,7 @@ Pydantic models only (no torch, no server code): `from trainwire.models import J
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -96,6 +97,17 @@ class JobError(BaseModel):
     )
     message: str
     step: int | None = Field(None, description="The step it happened at, where there is one.")
+
+    def non_finite_loss(self) -> str | None:
+        """What a diverged job's last loss was (`nan`, `inf` or `-inf`), as its message says."""
+        if self.code is not ErrorCode.diverged:
+            return None
+        found = _NON_FINITE_LOSS.search(self.message)
+        return found.group(1) if found else None
+
+
+# the runner's message for a diverged job: "the loss became inf at step 4; ..."
+_NON_FINITE_LOSS = re.compile(r"\bthe loss became (nan|-?inf)\b")
 
 
 class Job(BaseModel):

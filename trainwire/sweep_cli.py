@@ -154,6 +154,8 @@ def _print_runs(sweep: Sweep) -> None:
     if not sys.stdout.isatty():
         for run in runs:
             loss = "nan" if run.last_loss is None else repr(run.last_loss)
+            if run.last_loss is None and run.error is not None:
+                loss = run.error.non_finite_loss() or loss
             cells = [run.id, *(value(run, f) for f in fields), run.status.value, loss]
             print("\t".join(cells))
         return
@@ -168,5 +170,7 @@ def _print_runs(sweep: Sweep) -> None:
     table.add_column("final loss", justify="right")
     for run in runs:
         loss = "-" if run.last_loss is None else f"{run.last_loss:.6g}"
+        if run.last_loss is None and run.error is not None:
+            loss = run.error.non_finite_loss() or loss
         table.add_row(run.id, *(value(run, f) for f in fields), run.status.value, loss)
     Console().print(table)

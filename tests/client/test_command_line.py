@@ -113,8 +113,31 @@ def test_a_diverging_job_exits_1_with_its_error_on_stderr(shared_server: Server)
     assert done.returncode == 1
     assert "failed" in done.stderr and "diverged" in done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-1].split()[1] == "nan"  # the step that diverged, as the tutorial prints it
+    # the step that diverged, as the tutorial prints it: what the error says the loss became
+    assert f"the loss became {lines[-1].split()[1]} at step {len(lines) - 1}" in done.stderr
     assert [int(line.split()[0]) for line in lines] == list(range(len(lines)))
+
+
+def test_an_infinite_loss_prints_as_inf(shared_server: Server) -> None:
+    # the tutorial's numpy program at learning rate 1e-2, seed 7: the loss is inf at step 4
+    url = shared_server.url
+    submitted = trainwire(
+        "submit", "numpy", "--steps", "50", "--learning-rate", "0.01", "--seed", "7",
+        url=url,
+    )  # fmt: skip
+    job_id = submitted.stdout.strip()
+    watched = trainwire("watch", job_id, url=url)
+    assert watched.returncode == 1
+    assert "the loss became inf at step 4" in watched.stderr
+    lines = watched.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1", "2", "3", "4"]
+    assert lines[-1] == "4 inf"
+    assert all(float(line.split()[1]) < float("inf") for line in lines[:-1])
+
+    printed = trainwire("losses", job_id, url=url)
+    assert printed.stdout.splitlines() == lines
+    csv = trainwire("losses", job_id, "--csv", url=url).stdout.splitlines()
+    assert csv[-1] == "4,"  # CSV leaves a value it cannot write empty, as before
 
 
 def test_a_cancelled_job_exits_1(shared_server: Server) -> None:
