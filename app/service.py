@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 
@@ -225,10 +226,22 @@ class JobService:
         statuses: list[str],
         variants: list[str],
         sweeps: list[str] | None = None,
+        *,
+        labels: list[str] | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[Job], str | None]:
         before = decode_cursor(cursor) if cursor else None
         rows = await run_in_threadpool(
-            self.store.list_jobs, limit + 1, before, statuses or None, variants or None, sweeps
+            partial(
+                self.store.list_jobs,
+                limit + 1,
+                before,
+                statuses or None,
+                variants or None,
+                sweeps,
+                labels=labels or None,
+                id_prefix=id_prefix,
+            )
         )
         more = len(rows) > limit
         rows = rows[:limit]

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import math
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -373,7 +374,14 @@ class SweepService:
         return sweep.to_sweep(runs)
 
     async def list_sweeps(
-        self, limit: int, cursor: str | None, statuses: list[str], variants: list[str]
+        self,
+        limit: int,
+        cursor: str | None,
+        statuses: list[str],
+        variants: list[str],
+        *,
+        labels: list[str] | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[Sweep], str | None]:
         """Newest first; a status filter is applied to the sweeps as read (a sweep's status
         comes from its runs), reading on until a page is full."""
@@ -381,7 +389,16 @@ class SweepService:
         found: list[tuple[int, Sweep]] = []
         while len(found) <= limit:
             chunk = max(LIST_CHUNK, limit + 1) if statuses else limit + 1
-            rows = await run_in_threadpool(self.store.list_sweeps, chunk, before, variants or None)
+            rows = await run_in_threadpool(
+                partial(
+                    self.store.list_sweeps,
+                    chunk,
+                    before,
+                    variants or None,
+                    labels=labels or None,
+                    id_prefix=id_prefix,
+                )
+            )
             for row, runs in rows:
                 sweep = row.to_sweep(runs)
                 if not statuses or sweep.status.value in statuses:

@@ -5,7 +5,9 @@ commands import no torch and answer at once.
 
 Exit status: 0 done (`watch`: the job succeeded); 1 the watched job failed or was cancelled
 (`sweep --watch`: a run did not succeed); 2 a usage error or a 4xx answer; 3 the server could
-not be reached.
+not be reached; 130 interrupted (Ctrl-C).
+
+A job id may be shortened to any prefix that names one job (the dashboard shows 8 digits).
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ from trainwire.jobs import VARIANT_NAMES, JobStatus
 from trainwire.models import Job, JobError
 from trainwire.sweep_cli import add_sweep_parser, run_sweep
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+JOB_ID_LENGTH = 16  # hex digits
 SERVER_COMMANDS = ("serve", "run")  # app.cli's
 
 _METAVARS: dict[Any, str] = {int: "N", float: "X"}
+
+
+class UsageError(Exception):
+    """A command line that names nothing the server has (exit status 2)."""
 
 
 def hyperparameter_flags() -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -67,14 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trainwire",
         description="Run the training programs of 'Learning PyTorch with Examples' on a "
         "trainwire service and follow their losses.",
-        epilog="Exit status: 0 done (watch: the job succeeded), 1 the watched job failed or was "
-        "cancelled, 2 usage error or a 4xx answer, 3 the server cannot be reached.",
+        epilog="A job id may be any prefix that names one job. Exit status: 0 done (watch: the "
+        "job succeeded), 1 the watched job failed or was cancelled, 2 usage error or a 4xx "
+        "answer, 3 the server cannot be reached, 130 interrupted.",
     )
+    # --url and --token go before the command or after it: the subcommands' copies leave the
+    # main parser's value alone unless they are given (SUPPRESS)
+    url_help = f"the service (default: $TRAINWIRE_URL, else {DEFAULT_URL})"
+    token_help = "API token (default: $TRAINWIRE_API_TOKEN)"
+    parser.add_argument("--url", help=url_help)
+    parser.add_argument("--token", help=token_help)
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument(
-        "--url", help=f"the service (default: $TRAINWIRE_URL, else {DEFAULT_URL})"
-    )
-    connection.add_argument("--token", help="API token (default: $TRAINWIRE_API_TOKEN)")
+    connection.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    connection.add_argument("--token", default=argparse.SUPPRESS, help=token_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = sub.add_parser(
@@ -83,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit a job and print its id",
         description="Submit a job and print its id (with --json: the job). Hyperparameters "
         "not given take the variant's defaults.",
+        epilog=variants_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     submit.add_argument("variant", metavar="VARIANT", choices=VARIANT_NAMES, help="variant")
     submit.add_argument("--seed", type=int, help="seed of every random draw (default: drawn)")
@@ -98,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--watch", action="store_true", help="then follow it as `watch` does (the id on stderr)"
     )
+    submit.add_argument(
+        "--cancel-on-interrupt",
+        action="store_true",
+        help="with --watch: Ctrl-C cancels the job (default: it keeps running)",
+    )
     submit.add_argument("--json", action="store_true", help="print the job object")
 
     watch = sub.add_parser(
@@ -106,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="follow a job until it ends",
         description="Follow a job until it ends: a progress bar on a terminal, else one "
         "`t loss` line per step as the tutorial prints them. Exit status 0 if it succeeded, "
-        "1 if it failed or was cancelled.",
+        "1 if it failed or was cancelled. Ctrl-C stops watching; the job keeps running "
+        "unless --cancel-on-interrupt.",
     )
-    watch.add_argument("job", metavar="JOB", type=_job_id, help="job id")
+    watch.add_argument("job", metavar="JOB", type=_job_id, help="job id (or a unique prefix)")
+    watch.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C cancels the job")
 
     jobs = sub.add_parser(
         "jobs",
@@ -120,19 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", action="append", choices=[s.value for s in JobStatus], help="repeatable"
     )
     jobs.add_argument("--variant", action="append", choices=VARIANT_NAMES, help="repeatable")
+    jobs.add_argument("--label", action="append", help="jobs with this label (repeatable)")
     jobs.add_argument(
         "--limit", type=_positive, default=50, metavar="N", help="at most N jobs (default 50)"
     )
     jobs.add_argument("--json", action="store_true", help="print JSON (a list of jobs)")
 
     show = sub.add_parser("show", parents=[connection], help="show one job")
-    show.add_argument("job", metavar="JOB", type=_job_id, help="job id")
+    show.add_argument("job", metavar="JOB", type=_job_id, help="job id (or a unique prefix)")
     show.add_argument("--json", action="store_true", help="print the job object")
 
     cancel = sub.add_parser("cancel", parents=[connection], help="cancel a queued or running job")
-    cancel.add_argument("job", metavar="JOB", type=_job_id, help="job id")
+    cancel.add_argument("job", metavar="JOB", type=_job_id, help="job id (or a unique prefix)")
     delete = sub.add_parser("delete", parents=[connection], help="delete a final job")
-    delete.add_argument("job", metavar="JOB", type=_job_id, help="job id")
+    delete.add_argument("job", metavar="JOB", type=_job_id, help="job id (or a unique prefix)")
 
     losses = sub.add_parser(
         "losses",
@@ -140,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a job's recorded losses",
         description="Print a job's recorded losses: `t loss` lines, `step,loss` CSV, or JSON.",
     )
-    losses.add_argument("job", metavar="JOB", type=_job_id, help="job id")
+    losses.add_argument("job", metavar="JOB", type=_job_id, help="job id (or a unique prefix)")
     losses.add_argument("--csv", action="store_true", help="`step,loss` rows with a header")
     losses.add_argument("--json", action="store_true", help='{"steps": [...], "losses": [...]}')
     losses.add_argument(
@@ -150,12 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most K real points spread over the run, keeping its shape",
     )
 
+    variants = sub.add_parser(
+        "variants",
+        parents=[connection],
+        help="list the variants and their defaults",
+        description="The variants the server runs, with their devices and every "
+        "hyperparameter's default: a table on a terminal, else JSON.",
+    )
+    variants.add_argument("--json", action="store_true", help="print JSON (a list of variants)")
+
     add_sweep_parser(sub, connection, hyperparameter_flags())
 
     # listed for --help; main() hands them to app.cli before this parser sees them
     sub.add_parser("serve", help="start the HTTP service (needs the server's dependencies)")
     sub.add_parser("run", help="run one variant here and print `t loss` per step (needs torch)")
     return parser
+
+
+def variants_epilog() -> str:
+    """Each variant's hyperparameters and their defaults, for `submit --help`."""
+    from trainwire.hyperparameters import HYPERPARAMETERS
+
+    lines = ["variants and their defaults (`trainwire variants` asks the server):"]
+    for name, model in HYPERPARAMETERS.items():
+        defaults = " ".join(
+            f"--{field.replace('_', '-')} {info.default}"
+            for field, info in model.model_fields.items()
+        )
+        lines.append(f"  {name:<16}{defaults}")
+    return "\n".join(lines)
 
 
 def _job_id(text: str) -> str:
@@ -283,10 +328,41 @@ def _watch_bar(tw: Client, job_id: str) -> Job:
     raise ProtocolError("the stream ended without the job's final status")
 
 
-def _watch(tw: Client, job_id: str) -> int:
-    if sys.stdout.isatty():
-        return _job_outcome(_watch_bar(tw, job_id))
-    return _job_outcome(_watch_lines(tw, job_id, sys.stdout))
+def resolve_job_id(tw: Client, text: str) -> str:
+    """A whole id as it is; a shorter hex prefix as the one job whose id starts with it."""
+    if len(text) >= JOB_ID_LENGTH or not all(c in "0123456789abcdef" for c in text):
+        return text  # the server answers 404 for an id it does not have
+    found = [job.id for job in tw.jobs(id_prefix=text, limit=11)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(f"no job id starts with {text!r}")
+    listed = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "")
+    raise UsageError(f"{text!r} starts more than one job id: {listed}; give more digits")
+
+
+def _watch(tw: Client, job_id: str, cancel_on_interrupt: bool = False) -> int:
+    try:
+        if sys.stdout.isatty():
+            return _job_outcome(_watch_bar(tw, job_id))
+        return _job_outcome(_watch_lines(tw, job_id, sys.stdout))
+    except KeyboardInterrupt:
+        if cancel_on_interrupt:
+            try:
+                job = tw.cancel(job_id)
+                _error(
+                    f"stopped watching; job {job_id} is cancelled"
+                    + ("" if job.status.is_final else " (before its next step)")
+                )
+            except APIError as exc:  # it ended meanwhile
+                _error(f"stopped watching; job {job_id}: {format_detail(exc.detail)}")
+        else:
+            _error(
+                f"stopped watching; job {job_id} keeps running "
+                f"(`trainwire watch {job_id}` follows it again, `trainwire cancel {job_id}` "
+                "stops it)"
+            )
+        return EXIT_INTERRUPTED
 
 
 def _submit(tw: Client, args: argparse.Namespace) -> int:
@@ -305,11 +381,11 @@ def _submit(tw: Client, args: argparse.Namespace) -> int:
     )
     # with --watch, stdout is the watch's alone (a clean curve when piped)
     print(_job_json(job) if args.json else job.id, file=sys.stderr if args.watch else sys.stdout)
-    return _watch(tw, job.id) if args.watch else EXIT_OK
+    return _watch(tw, job.id, args.cancel_on_interrupt) if args.watch else EXIT_OK
 
 
 def _jobs(tw: Client, args: argparse.Namespace) -> int:
-    jobs = list(tw.jobs(status=args.status, variant=args.variant, limit=args.limit))
+    jobs = list(tw.jobs(args.status, args.variant, args.limit, label=args.label))
     if args.json or not sys.stdout.isatty():
         print(json.dumps([job.model_dump(mode="json") for job in jobs], indent=2))
         return EXIT_OK
@@ -409,9 +485,30 @@ def _losses(tw: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _variants(tw: Client, args: argparse.Namespace) -> int:
+    variants = tw.variants()
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps([v.model_dump(mode="json") for v in variants], indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("variant", no_wrap=True)
+    table.add_column("devices", no_wrap=True)
+    table.add_column("defaults")
+    table.add_column("title")
+    for v in variants:
+        defaults = ", ".join(f"{k}={val}" for k, val in v.defaults.items())
+        table.add_row(v.name, ", ".join(v.devices), defaults, v.title)
+    Console().print(table)
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "submit": _submit,
-    "watch": lambda tw, args: _watch(tw, args.job),
+    "watch": lambda tw, args: _watch(tw, args.job, args.cancel_on_interrupt),
+    "variants": _variants,
     "jobs": _jobs,
     "show": _show,
     "cancel": _cancel,
@@ -434,7 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         with Client(args.url, token=args.token) as tw:
+            if getattr(args, "job", None) is not None:
+                args.job = resolve_job_id(tw, args.job)
             return COMMANDS[args.command](tw, args)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     except APIError as exc:
         _error(f"{exc.status_code}: {format_detail(exc.detail)}")
         return EXIT_USAGE if exc.status_code < 500 else EXIT_UNREACHABLE
@@ -445,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"the server's answer is not the trainwire API: {exc}")
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -239,16 +239,17 @@ class _Listing:
     def __init__(
         self,
         model: type[_Page],
-        status: str | Iterable[str] | None,
-        variant: str | Iterable[str] | None,
+        filters: dict[str, str | Iterable[str] | None],
         limit: int | None,
         page_size: int,
     ):
         self.model, self.left, self.page_size = model, limit, page_size
-        self.filters: dict[str, Any] = {}
-        for name, value in (("status", status), ("variant", variant)):
-            if value is not None:
-                self.filters[name] = [value] if isinstance(value, str) else [str(v) for v in value]
+        # a filter given as one string is that one value (repeatable filters take a list)
+        self.filters: dict[str, Any] = {
+            name: value if isinstance(value, str) else [str(v) for v in value]
+            for name, value in filters.items()
+            if value is not None
+        }
         self.cursor: str | None = None
         self.done = limit is not None and limit <= 0
 
@@ -448,23 +449,27 @@ class Client(SweepCalls, _Base):
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
         *,
+        label: str | Iterable[str] | None = None,
+        id_prefix: str | None = None,
         page_size: int = PAGE_SIZE,
     ) -> Iterator[Job]:
-        """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
-        return self._paged("/v1/jobs", JobList, status, variant, limit, page_size)
+        """Jobs, newest first, page after page; at most `limit` of them (None: every one).
+        Filters: status, variant and label (each one value or several), id_prefix (the
+        start of the id)."""
+        filters = {"status": status, "variant": variant, "label": label, "id_prefix": id_prefix}
+        return self._paged("/v1/jobs", JobList, filters, limit, page_size)
 
     def _paged(
         self,
         path: str,
         model: type[_Page],
-        status: str | Iterable[str] | None,
-        variant: str | Iterable[str] | None,
+        filters: dict[str, str | Iterable[str] | None],
         limit: int | None,
         page_size: int,
     ) -> Iterator[Any]:
         """The items of a listing (`/v1/jobs`, `/v1/sweeps`), newest first, page after page,
         fetched as they are read; at most `limit` of them (None: every one)."""
-        listing = _Listing(model, status, variant, limit, page_size)
+        listing = _Listing(model, filters, limit, page_size)
         while not listing.done:
             yield from listing.read(_body(self._get(path, params=listing.params())))
 
@@ -614,22 +619,26 @@ class AsyncClient(AsyncSweepCalls, _Base):
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
         *,
+        label: str | Iterable[str] | None = None,
+        id_prefix: str | None = None,
         page_size: int = PAGE_SIZE,
     ) -> AsyncIterator[Job]:
-        """Jobs, newest first, page after page; at most `limit` of them (None: every one)."""
-        return self._paged("/v1/jobs", JobList, status, variant, limit, page_size)
+        """Jobs, newest first, page after page; at most `limit` of them (None: every one).
+        Filters: status, variant and label (each one value or several), id_prefix (the
+        start of the id)."""
+        filters = {"status": status, "variant": variant, "label": label, "id_prefix": id_prefix}
+        return self._paged("/v1/jobs", JobList, filters, limit, page_size)
 
     async def _paged(
         self,
         path: str,
         model: type[_Page],
-        status: str | Iterable[str] | None,
-        variant: str | Iterable[str] | None,
+        filters: dict[str, str | Iterable[str] | None],
         limit: int | None,
         page_size: int,
     ) -> AsyncIterator[Any]:
         """`Client._paged`, awaited."""
-        listing = _Listing(model, status, variant, limit, page_size)
+        listing = _Listing(model, filters, limit, page_size)
         while not listing.done:
             for item in listing.read(_body(await self._get(path, params=listing.params()))):
                 yield item

@@ -146,7 +146,7 @@ class SweepCalls(_Mixin):
         def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
         def _paged(
-            self, path: str, model: type[SweepList], status: Any, variant: Any, limit: int | None,
+            self, path: str, model: type[SweepList], filters: dict[str, Any], limit: int | None,
             page_size: int,
         ) -> Iterator[Any]: ...  # fmt: skip
 
@@ -183,9 +183,14 @@ class SweepCalls(_Mixin):
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
+        *,
+        label: str | Iterable[str] | None = None,
+        id_prefix: str | None = None,
     ) -> Iterator[Sweep]:
-        """Sweeps, newest first, page after page; at most `limit` of them (None: every one)."""
-        return self._paged("/v1/sweeps", SweepList, status, variant, limit, SWEEP_PAGE_SIZE)
+        """Sweeps, newest first, page after page; at most `limit` of them (None: every one).
+        Filters as `jobs` takes them."""
+        filters = {"status": status, "variant": variant, "label": label, "id_prefix": id_prefix}
+        return self._paged("/v1/sweeps", SweepList, filters, limit, SWEEP_PAGE_SIZE)
 
     def cancel_sweep(self, sweep_id: str) -> Sweep:
         """Cancel every run of the sweep that is not final."""
@@ -266,7 +271,7 @@ class AsyncSweepCalls(_Mixin):
         async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         async def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
         def _paged(
-            self, path: str, model: type[SweepList], status: Any, variant: Any, limit: int | None,
+            self, path: str, model: type[SweepList], filters: dict[str, Any], limit: int | None,
             page_size: int,
         ) -> AsyncIterator[Any]: ...  # fmt: skip
 
@@ -303,9 +308,14 @@ class AsyncSweepCalls(_Mixin):
         status: str | Iterable[str] | None = None,
         variant: str | Iterable[str] | None = None,
         limit: int | None = None,
+        *,
+        label: str | Iterable[str] | None = None,
+        id_prefix: str | None = None,
     ) -> AsyncIterator[Sweep]:
-        """Sweeps, newest first, page after page; at most `limit` of them (None: every one)."""
-        return self._paged("/v1/sweeps", SweepList, status, variant, limit, SWEEP_PAGE_SIZE)
+        """Sweeps, newest first, page after page; at most `limit` of them (None: every one).
+        Filters as `jobs` takes them."""
+        filters = {"status": status, "variant": variant, "label": label, "id_prefix": id_prefix}
+        return self._paged("/v1/sweeps", SweepList, filters, limit, SWEEP_PAGE_SIZE)
 
     async def cancel_sweep(self, sweep_id: str) -> Sweep:
         """Cancel every run of the sweep that is not final."""

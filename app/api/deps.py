@@ -6,11 +6,13 @@ All `async def`: they do no I/O, and a sync dependency costs a thread-pool hop p
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.errors import InvalidField
 from app.losses import LossReader
 from app.service import JobService
 from app.settings import Settings
@@ -71,3 +73,19 @@ async def require_token(
 Service = Annotated[JobService, Depends(get_service)]
 Streams = Annotated[EventStreams, Depends(get_streams)]
 LossesOf = Annotated[LossReader, Depends(get_losses)]
+
+
+def known_query(*names: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
+    """A dependency that answers 422 for a query parameter the route does not take: a
+    misspelt filter (`?lable=x`) must not list everything as though it were honoured."""
+    known = frozenset(names) | {"access_token"}
+
+    async def check(request: Request) -> None:
+        for name in request.query_params:
+            if name not in known:
+                takes = ", ".join(sorted(known - {"access_token"}))
+                raise InvalidField(
+                    ("query", name), f"unknown query parameter; this route takes {takes}"
+                )
+
+    return check

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 from starlette.background import BackgroundTask
 
-from app.api.deps import LossesOf, Service, Streams
+from app.api.deps import LossesOf, Service, Streams, known_query
 from app.errors import InvalidField
 from app.stream import EventStreamResponse
 from trainwire.models import Job, JobCreate, JobList, JobStatus, Losses, VariantName
@@ -19,6 +19,20 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_STEP = 2**53  # steps are far fewer; bounds keep every value an SQL integer
 _EVENT_ID = re.compile(r"-1|[0-9]+")  # ASCII digits only (int() takes any Unicode digit)
+
+# list filters shared with the sweeps' listing
+LABEL = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None,
+    Query(description="Only those with one of these labels, exactly (repeatable)."),
+]
+ID_PREFIX = Annotated[
+    str | None,
+    Query(
+        pattern="^[0-9a-f]{1,16}$",
+        description="Only those whose id starts with these hex digits (the short ids the "
+        "dashboard and the CLI show).",
+    ),
+]
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 _STORE_UNWRITABLE: dict[str, Any] = {
@@ -48,7 +62,13 @@ async def submit_job(job: JobCreate, service: Service, response: Response) -> Jo
     return created
 
 
-@router.get("", summary="List jobs, newest first")
+@router.get(
+    "",
+    summary="List jobs, newest first",
+    dependencies=[
+        Depends(known_query("status", "variant", "limit", "cursor", "sweep", "label", "id_prefix"))
+    ],
+)
 async def list_jobs(
     service: Service,
     status: Annotated[
@@ -65,9 +85,17 @@ async def list_jobs(
         list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None,
         Query(description="Only the runs of these sweeps (repeatable)."),
     ] = None,
+    label: LABEL = None,
+    id_prefix: ID_PREFIX = None,
 ) -> JobList:
     items, next_cursor = await service.list_jobs(
-        limit, cursor, [s.value for s in status or []], list(variant or []), sweep
+        limit,
+        cursor,
+        [s.value for s in status or []],
+        list(variant or []),
+        sweep,
+        labels=label,
+        id_prefix=id_prefix,
     )
     return JobList(items=items, next_cursor=next_cursor)
 

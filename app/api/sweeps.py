@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.background import BackgroundTask
 
+from app.api.deps import known_query
+from app.api.jobs import ID_PREFIX, LABEL
 from app.stream import EventStreamResponse
 from app.sweep_stream import SweepStreams
 from app.sweeps import SweepService
@@ -56,7 +58,13 @@ async def submit_sweep(body: SweepCreate, sweeps: Sweeps, response: Response) ->
     return created
 
 
-@router.get("", summary="List sweeps, newest first")
+@router.get(
+    "",
+    summary="List sweeps, newest first",
+    dependencies=[
+        Depends(known_query("status", "variant", "limit", "cursor", "label", "id_prefix"))
+    ],
+)
 async def list_sweeps(
     sweeps: Sweeps,
     status: Annotated[
@@ -69,9 +77,16 @@ async def list_sweeps(
     cursor: Annotated[
         str | None, Query(max_length=200, description="next_cursor of the previous page.")
     ] = None,
+    label: LABEL = None,
+    id_prefix: ID_PREFIX = None,
 ) -> SweepList:
     items, next_cursor = await sweeps.list_sweeps(
-        limit, cursor, [s.value for s in status or []], list(variant or [])
+        limit,
+        cursor,
+        [s.value for s in status or []],
+        list(variant or []),
+        labels=label,
+        id_prefix=id_prefix,
     )
     return SweepList(items=items, next_cursor=next_cursor)
 

@@ -240,6 +240,9 @@ class Store:
         statuses: list[str] | None = None,
         variants: list[str] | None = None,
         sweep_ids: list[str] | None = None,
+        *,
+        labels: list[str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[JobRow]:
         """Jobs newest first, at most `limit`, older than `before_pk` when given."""
         stmt = select(jobs).order_by(jobs.c.pk.desc()).limit(limit)
@@ -251,6 +254,10 @@ class Store:
             stmt = stmt.where(jobs.c.variant.in_(variants))
         if sweep_ids:
             stmt = stmt.where(jobs.c.sweep_id.in_(sweep_ids))
+        if labels:
+            stmt = stmt.where(jobs.c.label.in_(labels))
+        if id_prefix:
+            stmt = stmt.where(jobs.c.id.startswith(id_prefix, autoescape=True))
         with self.engine.connect() as conn:
             return [JobRow.from_mapping(r) for r in conn.execute(stmt).mappings()]
 

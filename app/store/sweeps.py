@@ -175,7 +175,13 @@ class SweepStore:
             return SweepRow.from_mapping(row), _runs(conn, [sweep_id])[sweep_id]
 
     def list_sweeps(
-        self, limit: int, before_pk: int | None, variants: list[str] | None
+        self,
+        limit: int,
+        before_pk: int | None,
+        variants: list[str] | None,
+        *,
+        labels: list[str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[tuple[SweepRow, list[JobRow]]]:
         """Sweeps newest first with their runs, at most `limit`, older than `before_pk`."""
         stmt = select(sweeps).order_by(sweeps.c.pk.desc()).limit(limit)
@@ -183,6 +189,10 @@ class SweepStore:
             stmt = stmt.where(sweeps.c.pk < before_pk)
         if variants:
             stmt = stmt.where(sweeps.c.variant.in_(variants))
+        if labels:
+            stmt = stmt.where(sweeps.c.label.in_(labels))
+        if id_prefix:
+            stmt = stmt.where(sweeps.c.id.startswith(id_prefix, autoescape=True))
         with self.store.engine.connect() as conn:
             rows = [SweepRow.from_mapping(r) for r in conn.execute(stmt).mappings()]
             runs = _runs(conn, [r.id for r in rows])

@@ -151,3 +151,53 @@ def test_bad_list_parameters_are_422(
     response = client.get("/v1/jobs", params=params)
     assert response.status_code == 422
     assert loc in [e["loc"] for e in body(response)["detail"]]
+
+
+def test_label_and_id_prefix_filters(client: httpx.Client, jobs: dict[str, list[str]]) -> None:
+    """Jobs and sweeps by label (exact, repeatable) and by the start of their id."""
+    a = [submit(client, "numpy", hp={"steps": 2}, label="lr-a")["id"] for _ in range(2)]
+    b = submit(client, "numpy", hp={"steps": 2}, label="lr-b")["id"]
+    made = client.post(
+        "/v1/sweeps", json={"variant": "numpy", "grid": {"seed": [1, 2]}, "label": "lr-a"}
+    )
+    assert made.status_code == 201, made.text
+    sweep = body(made)
+    runs = [r["id"] for r in sweep["jobs"]]
+    try:
+        assert _ids(_pages(client, label="lr-a", limit=2)) == [*runs[::-1], *a[::-1]]
+        assert _ids(_pages(client, label=["lr-b", "lr-a"])) == [*runs[::-1], b, *a[::-1]]
+        assert _ids(_pages(client, label="lr")) == []  # exact, not a substring
+        for job_id in (a[0], jobs["all"][0]):
+            listed = _ids(_pages(client, id_prefix=job_id[:5]))
+            assert job_id in listed
+            assert all(i.startswith(job_id[:5]) for i in listed)
+        assert _ids(_pages(client, id_prefix=b)) == [b]
+        sweeps = body(client.get("/v1/sweeps", params={"label": "lr-a"}))["items"]
+        assert [s["id"] for s in sweeps] == [sweep["id"]]
+        assert body(client.get("/v1/sweeps", params={"label": "lr-b"}))["items"] == []
+        by_prefix = body(client.get("/v1/sweeps", params={"id_prefix": sweep["id"][:6]}))
+        assert [s["id"] for s in by_prefix["items"]] == [sweep["id"]]
+    finally:
+        assert client.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 202
+        assert client.delete(f"/v1/sweeps/{sweep['id']}").status_code == 204
+        for job_id in (*a, b):
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+            assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/sweeps"])
+@pytest.mark.parametrize(
+    ("params", "loc"),
+    [
+        ({"lable": "x"}, ["query", "lable"]),
+        ({"id_prefix": "XYZ"}, ["query", "id_prefix"]),
+        ({"id_prefix": "0" * 17}, ["query", "id_prefix"]),
+        ({"label": ""}, ["query", "label", 0]),
+    ],
+)
+def test_unknown_or_bad_filters_are_422(
+    client: httpx.Client, path: str, params: dict[str, Any], loc: list[Any]
+) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == 422, response.text
+    assert loc in [e["loc"] for e in body(response)["detail"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -308,3 +309,130 @@ def test_serve_and_run_are_still_there(make_server: Callable[..., Server]) -> No
 
     server = make_server(command=(str(TRAINWIRE), "serve"))  # python .venv/bin/trainwire serve
     assert trainwire("jobs", url=server.url).returncode == 0
+
+
+def test_url_and_token_go_before_or_after_the_command(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(TRAINWIRE_API_TOKEN="anywhere-token")
+    with Client(server.url, token="anywhere-token") as tw:
+        job = tw.submit("numpy", steps=2)
+    for line in (
+        ["--url", server.url, "--token", "anywhere-token", "show", job.id],
+        ["--url", server.url, "show", job.id, "--token", "anywhere-token"],
+        ["show", job.id, "--url", server.url, "--token", "anywhere-token"],
+    ):
+        done = trainwire(*line, TRAINWIRE_API_TOKEN="")
+        assert done.returncode == 0, (line, done.stderr)
+        assert json.loads(done.stdout)["id"] == job.id
+    # given after the command, it wins over the one before
+    refused = trainwire("--token", "anywhere-token", "jobs", "--token", "wrong", url=server.url)
+    assert refused.returncode == 2 and "401" in refused.stderr
+
+
+def test_a_unique_id_prefix_names_the_job(shared_server: Server) -> None:
+    url = shared_server.url
+    with Client(url) as tw:
+        job = tw.wait(tw.submit("numpy", steps=2).id)
+        # 17 jobs or more: two of them share a first digit (16 hex digits), whatever the ids
+        for _ in range(17 - len(list(tw.jobs()))):
+            tw.submit("numpy", steps=1)
+        every_id = [j.id for j in tw.jobs()]
+
+    def sharing(prefix: str) -> list[str]:
+        return [i for i in every_id if i.startswith(prefix)]
+
+    # the shortest prefix that names this job alone, and 8 digits as the dashboard shows them
+    unique = next(job.id[:n] for n in range(1, 17) if len(sharing(job.id[:n])) == 1)
+    for prefix in {unique, job.id[:8]}:
+        shown = trainwire("show", prefix, url=url)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["id"] == job.id
+        losses = trainwire("losses", prefix, "--json", url=url)
+        assert json.loads(losses.stdout)["job_id"] == job.id
+
+    shared = next(d for d in "0123456789abcdef" if len(sharing(d)) >= 2)
+    ambiguous = trainwire("show", shared, url=url)
+    assert ambiguous.returncode == 2 and ambiguous.stdout == ""
+    assert "more than one job id" in ambiguous.stderr
+    assert all(i in ambiguous.stderr for i in sharing(shared)[:10])
+
+    missing = next(p for p in (f"{n:x}" * 4 for n in range(16)) if not sharing(p))
+    nothing = trainwire("cancel", missing, url=url)
+    assert nothing.returncode == 2 and f"no job id starts with '{missing}'" in nothing.stderr
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_ctrl_c_in_watch_says_what_becomes_of_the_job(shared_server: Server, cancel: bool) -> None:
+    url = shared_server.url
+    with Client(url) as tw:
+        job = tw.submit("tensors", **{**TINY, "steps": 1_000_000})
+        command = [str(TRAINWIRE), "watch", job.id, "--url", url]
+        watcher = subprocess.Popen(
+            command + (["--cancel-on-interrupt"] if cancel else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline().startswith("0 ")  # it is following the job
+            watcher.send_signal(signal.SIGINT)
+            _, stderr = watcher.communicate(timeout=60)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+        assert watcher.returncode == 130
+        assert "Traceback" not in stderr
+        if cancel:
+            assert f"job {job.id} is cancelled" in stderr
+            assert tw.wait(job.id).status is JobStatus.cancelled
+        else:
+            assert f"job {job.id} keeps running" in stderr
+            assert f"trainwire cancel {job.id}" in stderr
+            assert tw.get(job.id).status is JobStatus.running
+            tw.cancel(job.id)
+
+
+def test_run_into_a_closed_pipe_ends_quietly(shared_server: Server) -> None:
+    with Client(shared_server.url) as tw:
+        job = tw.wait(tw.submit("numpy", steps=300).id)
+    for command in (
+        f"{TRAINWIRE} run --variant numpy --steps 100000",
+        f"{TRAINWIRE} watch {job.id} --url {shared_server.url}",
+        f"{TRAINWIRE} losses {job.id} --url {shared_server.url}",
+    ):
+        done = subprocess.run(
+            ["bash", "-c", f"{command} 2>&1 | head -5"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = done.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["0", "1", "2", "3", "4"], (command, done)
+        assert "Error" not in done.stdout and "internal" not in done.stdout
+
+
+def test_variants_and_the_help_that_lists_them(shared_server: Server) -> None:
+    listed = trainwire("variants", url=shared_server.url)
+    assert listed.returncode == 0, listed.stderr
+    variants = {v["name"]: v for v in json.loads(listed.stdout)}
+    with Client(shared_server.url) as tw:
+        assert variants == {v.name: v.model_dump(mode="json") for v in tw.variants()}
+    helped = trainwire("submit", "--help")
+    assert helped.returncode == 0
+    for name, variant in variants.items():
+        line = next(ln for ln in helped.stdout.splitlines() if ln.split()[:1] == [name])
+        for field, default in variant["defaults"].items():
+            assert f"--{field.replace('_', '-')} {default}" in line, (name, field, line)
+    screen = run_in_terminal([str(TRAINWIRE), "variants", "--url", shared_server.url])
+    assert "custom_function" in screen and "learning_rate=" in screen
+
+
+def test_jobs_lists_by_label(shared_server: Server) -> None:
+    with Client(shared_server.url) as tw:
+        mine = [tw.submit("numpy", steps=1, label="by-label").id for _ in range(2)]
+        tw.submit("numpy", steps=1, label="another")
+    listed = trainwire("jobs", "--label", "by-label", url=shared_server.url)
+    assert listed.returncode == 0, listed.stderr
+    assert [job["id"] for job in json.loads(listed.stdout)] == mine[::-1]
