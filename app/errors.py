@@ -43,6 +43,17 @@ class InvalidFields(InvalidField):
         self.errors = errors  # type: ignore[assignment]
 
 
+class KeyResourceGone(Exception):
+    """The job or sweep that an idempotency key created has been deleted since."""
+
+    def __init__(self, key: str, resource_id: str):
+        self.key, self.resource_id = key, resource_id
+        super().__init__(
+            f"Idempotency-Key {key!r} created {resource_id}, which has been deleted since; "
+            "use a new key to submit again"
+        )
+
+
 class QueueFull(Exception):
     """No room in the queue; try again after `retry_after` seconds."""
 

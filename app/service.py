@@ -10,19 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
+from typing import Generic, TypeVar
 
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.consumer import MessageConsumer, utcnow
-from app.errors import InvalidField, InvalidFields, JobFinal, JobNotFinal, JobNotFound, QueueFull
+from app.errors import (
+    InvalidField,
+    InvalidFields,
+    JobFinal,
+    JobNotFinal,
+    JobNotFound,
+    KeyResourceGone,
+    QueueFull,
+)
 from app.hub import EventHub
 from app.metrics import JobMetrics
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
 from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
+from app.store.idempotency import Claim, Claimed
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
 from trainwire.models import Job, JobCreate
@@ -32,6 +45,17 @@ from workers.threads import recorded_threads
 from workers.variants import VARIANTS
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Submitted(Generic[T]):
+    """What a POST made, and whether it is an earlier request's (an idempotency key's replay)."""
+
+    made: T
+    replayed: bool = False
+
 
 # seconds per step assumed for Retry-After before any job has finished (a tutorial-sized step)
 DEFAULT_SECONDS_PER_STEP = 0.001
@@ -101,7 +125,12 @@ class JobService:
         return self.ready and self.backend.ready and self.store.writable
 
     # -- commands -------------------------------------------------------------------------------
-    async def submit(self, req: JobCreate) -> Job:
+    async def submit(self, req: JobCreate, idempotency_key: str | None = None) -> Submitted[Job]:
+        """Store and queue a job. With an idempotency key that an earlier request holds:
+        nothing new, that request's job (`Submitted.replayed`)."""
+        claim = self.claim("jobs", idempotency_key, req)
+        if claim is not None and (earlier := await run_in_threadpool(self.store.find_claim, claim)):
+            return Submitted(await self.replay(claim, earlier, self.get), replayed=True)
         variant = VARIANTS[req.variant]
         try:
             hp = parse_hyperparameters(
@@ -134,11 +163,41 @@ class JobService:
                         "attempts": 0,
                         # a pinned thread count is the run's from the start (workers.threads)
                         "environment": None if req.threads is None else {"threads": req.threads},
-                    }
+                    },
+                    claim,
                 )
             )
+            if isinstance(row, Claimed):  # an earlier request took the key meanwhile
+                assert claim is not None
+                return Submitted(await self.replay(claim, row, self.get), replayed=True)
             self._enqueue(row, hp, device)
-        return row.to_job()
+        return Submitted(row.to_job())
+
+    def claim(self, scope: str, key: str | None, req: BaseModel) -> Claim | None:
+        """The claim of a request's idempotency key (None without one)."""
+        if key is None:
+            return None
+        now = time.time()
+        kept_since = utcnow(now - self.settings.idempotency_hours * 3600)
+        return Claim.of(scope, key, req, utcnow(now), kept_since)
+
+    async def replay(
+        self, claim: Claim, earlier: Claimed, read: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """What the earlier request with this key made, as it is now: a 422 for a key that
+        came with another request, a 409 for something deleted since."""
+        if not earlier.same_request:
+            hours = f"{self.settings.idempotency_hours:g}"
+            raise InvalidField(
+                ("header", "Idempotency-Key"),
+                f"this key came with another request body (keys are kept {hours} h); "
+                "use a new key for a new request",
+                "idempotency_key_reused",
+            )
+        try:
+            return await read(earlier.resource_id)
+        except JobNotFound:
+            raise KeyResourceGone(claim.key, earlier.resource_id) from None
 
     @contextmanager
     def queue_room(self, jobs: int) -> Iterator[None]:

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         1 << 30, ge=1, description="Memory budget for one job's tensors, in bytes."
     )
     job_timeout_s: float = Field(3600.0, gt=0, description="Wall-clock limit of one job.")
+    idempotency_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 365,
+        description="How long an Idempotency-Key of a POST that created a job or a sweep is "
+        "kept: a retry with it within this time finds what the first request made.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins allowed besides the service's own, comma-separated.",

@@ -30,8 +30,9 @@ from app.errors import (
     SweepNotFound,
 )
 from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, new_job_id
-from app.service import JobService
+from app.service import JobService, Submitted
 from app.store import JobRow
+from app.store.idempotency import Claimed
 from app.store.sweeps import SweepRow, SweepStore, exact_default
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
@@ -93,7 +94,16 @@ class SweepService:
         return [row for row in rows if row.id not in taken]
 
     # -- commands -------------------------------------------------------------------------------
-    async def submit(self, req: SweepCreate) -> Sweep:
+    async def submit(
+        self, req: SweepCreate, idempotency_key: str | None = None
+    ) -> Submitted[Sweep]:
+        """Store and queue every run, all or none; with an idempotency key that an earlier
+        request holds, nothing new: that request's sweep (`Submitted.replayed`)."""
+        claim = self.jobs.claim("sweeps", idempotency_key, req)
+        if claim is not None and (
+            earlier := await run_in_threadpool(self.store.store.find_claim, claim)
+        ):
+            return Submitted(await self.jobs.replay(claim, earlier, self.get), replayed=True)
         base, points = self._validate(req)
         variant = VARIANTS[req.variant]
         try:
@@ -148,11 +158,15 @@ class SweepService:
         ]
         self.jobs.store.check_writable()
         with self.jobs.queue_room(len(runs)):
-            sweep, rows = await asyncio.wrap_future(
-                self.store.insert_sweep(sweep_values, run_values)
+            made = await asyncio.wrap_future(
+                self.store.insert_sweep(sweep_values, run_values, claim)
             )
+            if isinstance(made, Claimed):  # an earlier request took the key meanwhile
+                assert claim is not None
+                return Submitted(await self.jobs.replay(claim, made, self.get), replayed=True)
+            sweep, rows = made
             self._enqueue(rows, [hp for hp, _ in runs], device, groups, sweep.fused_exact)
-        return sweep.to_sweep(rows)
+        return Submitted(sweep.to_sweep(rows))
 
     def _validate(
         self, req: SweepCreate

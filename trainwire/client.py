@@ -6,14 +6,20 @@ into the API's own models (`trainwire.models`).
 
 Retries: `stream` (and `wait`, which reads the stream) reconnects with `Last-Event-ID` and
 exponential backoff when the connection drops or the server restarts, and yields each step once.
-Plain GETs are retried a few times on a lost connection or a 502/503/504. Nothing else is retried:
-a 4xx never, and a POST never (a second submit could make a second job).
+Plain GETs are retried a few times on a lost connection or a 502/503/504. A submit (`submit`,
+`submit_sweep`) carries an `Idempotency-Key` of its own (a new UUID, or the one given) and is
+retried with it when its answer is lost (a connection that drops or times out, a 502/503/504, a
+429 after its Retry-After) for up to `submit_retry_timeout` seconds: the server answers a retry
+with the job the first request made, so a retry never makes a second one. Nothing else is
+retried: a 4xx never (but a 429), cancel and delete never.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from pydantic import BaseModel
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -281,6 +288,34 @@ def _should_retry_get(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.status_code in (502, 503, 504)
 
 
+def _should_retry_submit(exc: BaseException) -> bool:
+    # the answer lost (the request may have reached the server: its key makes a retry safe),
+    # a proxy's answer while the service restarts, or a full queue that says when to come back
+    if isinstance(exc, ServerUnreachable):
+        return True
+    if isinstance(exc, APIError):
+        return exc.status_code in (502, 503, 504) or (
+            exc.status_code == 429 and exc.retry_after is not None
+        )
+    return False
+
+
+_backoff = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.2)
+
+
+def _submit_wait(state: RetryCallState) -> float:
+    """A Retry-After where the server gave one (at most 30 s), else exponential backoff."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, APIError) and exc.retry_after is not None:
+        return min(max(exc.retry_after, 0.0), 30.0)
+    return float(_backoff(state))
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one submit and its retries."""
+    return str(uuid.uuid4())
+
+
 def _should_reconnect(exc: BaseException, state: _StreamState) -> bool:
     if isinstance(exc, ServerUnreachable) and not state.connected:
         # never reached it: a wrong URL or a server that is down fails at once, as a GET does
@@ -351,7 +386,9 @@ class _Base:
         timeout: float,
         reconnect_timeout: float,
         read_timeout: float,
+        submit_retry_timeout: float = 60.0,
     ):
+        self.submit_retry_timeout = submit_retry_timeout
         self.url = (url or os.environ.get("TRAINWIRE_URL") or DEFAULT_URL).rstrip("/")
         token = token if token is not None else os.environ.get("TRAINWIRE_API_TOKEN")
         self._headers = {"Accept": "application/json"}
@@ -366,6 +403,22 @@ class _Base:
             retry=retry_if_exception(_should_retry_get),
             stop=stop_after_attempt(3),
             wait=wait_exponential(multiplier=0.1, max=1.0) + wait_random(0, 0.1),
+            reraise=True,
+        )
+
+    def _submit_retries(self) -> dict[str, Any]:
+        started = time.monotonic()
+
+        def stop(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, ServerUnreachable) and isinstance(exc.__cause__, httpx.ConnectError):
+                return state.attempt_number >= 3  # no server there: not for a minute
+            return time.monotonic() - started >= self.submit_retry_timeout
+
+        return dict(
+            retry=retry_if_exception(_should_retry_submit),
+            stop=stop,
+            wait=_submit_wait,
             reraise=True,
         )
 
@@ -393,8 +446,9 @@ class Client(SweepCalls, _Base):
         timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         read_timeout: float = 3 * KEEPALIVE_SECONDS,
+        submit_retry_timeout: float = 60.0,
     ):
-        super().__init__(url, token, timeout, reconnect_timeout, read_timeout)
+        super().__init__(url, token, timeout, reconnect_timeout, read_timeout, submit_retry_timeout)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
 
     def __enter__(self) -> Client:
@@ -423,6 +477,14 @@ class Client(SweepCalls, _Base):
                 return self._send("GET", path, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _create(self, path: str, body: dict[str, Any], key: str | None) -> httpx.Response:
+        """POST what creates a job or a sweep, with an Idempotency-Key, retried as it allows."""
+        headers = {"Idempotency-Key": key or new_idempotency_key()}
+        for attempt in Retrying(**self._submit_retries()):
+            with attempt:
+                return self._send("POST", path, json=body, headers=headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def submit(
         self,
         variant: str,
@@ -431,13 +493,15 @@ class Client(SweepCalls, _Base):
         device: str = "auto",
         label: str | None = None,
         threads: int | None = None,
+        idempotency_key: str | None = None,
         **hyperparameters: Any,
     ) -> Job:
         """Queue a job; hyperparameters not given take the variant's defaults. `threads` pins
         the run's torch/BLAS threads (to reproduce a curve from another host); by default the
-        server picks them from the cores free when it starts. Never retried."""
+        server picks them from the cores free when it starts. Retried with its idempotency key
+        (a new one unless given) when the answer is lost: one job, whatever happens."""
         body = _submit_body(variant, seed, device, label, threads, hyperparameters)
-        return _parse(Job, _body(self._send("POST", "/v1/jobs", json=body)))
+        return _parse(Job, _body(self._create("/v1/jobs", body, idempotency_key)))
 
     def get(self, job_id: str) -> Job:
         """The job as it stands now."""
@@ -565,8 +629,9 @@ class AsyncClient(AsyncSweepCalls, _Base):
         timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         read_timeout: float = 3 * KEEPALIVE_SECONDS,
+        submit_retry_timeout: float = 60.0,
     ):
-        super().__init__(url, token, timeout, reconnect_timeout, read_timeout)
+        super().__init__(url, token, timeout, reconnect_timeout, read_timeout, submit_retry_timeout)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
@@ -593,6 +658,14 @@ class AsyncClient(AsyncSweepCalls, _Base):
                 return await self._send("GET", path, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _create(self, path: str, body: dict[str, Any], key: str | None) -> httpx.Response:
+        """`Client._create`, awaited."""
+        headers = {"Idempotency-Key": key or new_idempotency_key()}
+        async for attempt in AsyncRetrying(**self._submit_retries()):
+            with attempt:
+                return await self._send("POST", path, json=body, headers=headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def submit(
         self,
         variant: str,
@@ -601,13 +674,12 @@ class AsyncClient(AsyncSweepCalls, _Base):
         device: str = "auto",
         label: str | None = None,
         threads: int | None = None,
+        idempotency_key: str | None = None,
         **hyperparameters: Any,
     ) -> Job:
-        """Queue a job; hyperparameters not given take the variant's defaults. `threads` pins
-        the run's torch/BLAS threads (to reproduce a curve from another host); by default the
-        server picks them from the cores free when it starts. Never retried."""
+        """`Client.submit`, awaited."""
         body = _submit_body(variant, seed, device, label, threads, hyperparameters)
-        return _parse(Job, _body(await self._send("POST", "/v1/jobs", json=body)))
+        return _parse(Job, _body(await self._create("/v1/jobs", body, idempotency_key)))
 
     async def get(self, job_id: str) -> Job:
         """The job as it stands now."""

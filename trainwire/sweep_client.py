@@ -145,6 +145,7 @@ class SweepCalls(_Mixin):
 
         def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
+        def _create(self, path: str, body: dict[str, Any], key: str | None) -> httpx.Response: ...
         def _paged(
             self, path: str, model: type[SweepList], filters: dict[str, Any], limit: int | None,
             page_size: int,
@@ -160,17 +161,19 @@ class SweepCalls(_Mixin):
         label: str | None = None,
         fuse: Fuse = "auto",
         exact: bool | None = None,
+        idempotency_key: str | None = None,
         **hyperparameters: Any,
     ) -> Sweep:
         """Queue every combination of `grid`'s values as a run (a job); hyperparameters not
-        given take the variant's defaults. Never retried."""
+        given take the variant's defaults. Retried as `Client.submit` is: one sweep, whatever
+        happens."""
         from trainwire.client import _body, _parse
 
         body = sweep_body(
             variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse,
             exact=exact,
         )  # fmt: skip
-        return _parse(Sweep, _body(self._send("POST", "/v1/sweeps", json=body)))
+        return _parse(Sweep, _body(self._create("/v1/sweeps", body, idempotency_key)))
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         """The sweep and its runs as they stand now."""
@@ -270,6 +273,9 @@ class AsyncSweepCalls(_Mixin):
 
         async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         async def _get(self, path: str, **kwargs: Any) -> httpx.Response: ...
+        async def _create(
+            self, path: str, body: dict[str, Any], key: str | None
+        ) -> httpx.Response: ...
         def _paged(
             self, path: str, model: type[SweepList], filters: dict[str, Any], limit: int | None,
             page_size: int,
@@ -285,16 +291,17 @@ class AsyncSweepCalls(_Mixin):
         label: str | None = None,
         fuse: Fuse = "auto",
         exact: bool | None = None,
+        idempotency_key: str | None = None,
         **hyperparameters: Any,
     ) -> Sweep:
-        """Queue every combination of `grid`'s values as a run (a job). Never retried."""
+        """`SweepCalls.submit_sweep`, awaited."""
         from trainwire.client import _body, _parse
 
         body = sweep_body(
             variant, grid, hyperparameters, seed=seed, device=device, label=label, fuse=fuse,
             exact=exact,
         )  # fmt: skip
-        response = await self._send("POST", "/v1/sweeps", json=body)
+        response = await self._create("/v1/sweeps", body, idempotency_key)
         return _parse(Sweep, _body(response))
 
     async def get_sweep(self, sweep_id: str) -> Sweep:

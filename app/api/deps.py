@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import InvalidField
@@ -68,6 +68,29 @@ async def require_token(
             detail="missing or wrong bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern="^[!-~]+$",
+        description="A key of your choosing (1-255 visible ASCII characters; a UUID is the "
+        "usual one). A retry of this POST with the same key and the same body creates nothing "
+        "new: it answers the first request's job or sweep as it is now (201, with "
+        "`Idempotent-Replayed: true`). The same key with another body: 422. Keys are kept "
+        "TRAINWIRE_IDEMPOTENCY_HOURS (default 24 h).",
+    ),
+]
+
+
+def created(response: Response, location: str, replayed: bool) -> None:
+    """The headers of a POST's 201: where it is, and whether an earlier request made it."""
+    response.headers["Location"] = location
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 Service = Annotated[JobService, Depends(get_service)]

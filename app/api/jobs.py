@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 from starlette.background import BackgroundTask
 
-from app.api.deps import LossesOf, Service, Streams, known_query
+from app.api.deps import IdempotencyKey, LossesOf, Service, Streams, created, known_query
 from app.errors import InvalidField
 from app.stream import EventStreamResponse
 from trainwire.models import Job, JobCreate, JobList, JobStatus, Losses, VariantName
@@ -34,6 +34,14 @@ ID_PREFIX = Annotated[
     ),
 ]
 
+_CREATED_HEADERS: dict[str, Any] = {
+    "Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when an earlier request with the same Idempotency-Key made it.",
+        "schema": {"type": "string"},
+    },
+}
+
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 _STORE_UNWRITABLE: dict[str, Any] = {
     "description": "The job store cannot write now (a full disk, a database that went away); "
@@ -46,7 +54,8 @@ _STORE_UNWRITABLE: dict[str, Any] = {
     status_code=201,
     summary="Submit a job",
     responses={
-        201: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {}}}},
+        201: {"headers": _CREATED_HEADERS},
+        409: {"description": "The job this Idempotency-Key created has been deleted since."},
         413: {"description": "The body is over 1 MiB."},
         400: {"description": "The body is not UTF-8 text."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
@@ -54,12 +63,14 @@ _STORE_UNWRITABLE: dict[str, Any] = {
         503: _STORE_UNWRITABLE,
     },
 )
-async def submit_job(job: JobCreate, service: Service, response: Response) -> Job:
+async def submit_job(
+    job: JobCreate, service: Service, response: Response, idempotency_key: IdempotencyKey = None
+) -> Job:
     """Queue a training job. Its hyperparameters are resolved against the variant's defaults
     and recorded with the seed, so that the run can be repeated exactly."""
-    created = await service.submit(job)
-    response.headers["Location"] = f"/v1/jobs/{created.id}"
-    return created
+    submitted = await service.submit(job, idempotency_key)
+    created(response, f"/v1/jobs/{submitted.made.id}", submitted.replayed)
+    return submitted.made
 
 
 @router.get(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.background import BackgroundTask
 
-from app.api.deps import known_query
+from app.api.deps import IdempotencyKey, created, known_query
 from app.api.jobs import ID_PREFIX, LABEL
 from app.stream import EventStreamResponse
 from app.sweep_stream import SweepStreams
@@ -39,7 +39,17 @@ Streams = Annotated[SweepStreams, Depends(get_sweep_streams)]
     status_code=201,
     summary="Submit a sweep",
     responses={
-        201: {"headers": {"Location": {"description": "/v1/sweeps/{id}", "schema": {}}}},
+        201: {
+            "headers": {
+                "Location": {"description": "/v1/sweeps/{id}", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an earlier request with the same "
+                    "Idempotency-Key made it.",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
+        409: {"description": "The sweep this Idempotency-Key created has been deleted since."},
         400: {"description": "The body is not UTF-8 text."},
         413: {"description": "The body is over 1 MiB."},
         422: {
@@ -50,12 +60,14 @@ Streams = Annotated[SweepStreams, Depends(get_sweep_streams)]
         429: {"description": "The queue cannot take every run; see Retry-After."},
     },
 )
-async def submit_sweep(body: SweepCreate, sweeps: Sweeps, response: Response) -> Sweep:
+async def submit_sweep(
+    body: SweepCreate, sweeps: Sweeps, response: Response, idempotency_key: IdempotencyKey = None
+) -> Sweep:
     """Queue every combination of the grid's values as a job of its own, all or none. A run's
     seed is the grid's `seed` where it has one, else the sweep's (`seed`, or one drawn)."""
-    created = await sweeps.submit(body)
-    response.headers["Location"] = f"/v1/sweeps/{created.id}"
-    return created
+    submitted = await sweeps.submit(body, idempotency_key)
+    created(response, f"/v1/sweeps/{submitted.made.id}", submitted.replayed)
+    return submitted.made
 
 
 @router.get(

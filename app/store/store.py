@@ -33,7 +33,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
+from app.store import idempotency
 from app.store.chunks import contiguous_prefix, unpack
+from app.store.idempotency import Claim, Claimed
 from app.store.lock import lock_store
 from app.store.rows import JobRow
 from app.store.tables import jobs, loss_chunks
@@ -124,15 +126,26 @@ class Store:
             raise unwritable
 
     # -- writes (any thread; the writer commits them in order) -----------------------------
+    def find_claim(self, claim: Claim) -> Claimed | None:
+        """What an earlier request with this idempotency key made, if the key is kept."""
+        with self.engine.connect() as conn:
+            return idempotency.find(conn, claim)
+
     def write(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
         """Run `op(connection)` in the writer's next transaction; resolves with its result
         (for the store's other tables, app.store.sweeps)."""
         return self._writer.submit(op, after)
 
-    def insert_job(self, values: dict[str, Any]) -> Future[JobRow]:
-        """Store a new job; resolves with its row."""
+    def insert_job(
+        self, values: dict[str, Any], claim: Claim | None = None
+    ) -> Future[JobRow | Claimed]:
+        """Store a new job; resolves with its row. With an idempotency key's claim: the key
+        is recorded with the job, or, if an earlier request holds it, nothing is stored and
+        the future resolves with what that request made."""
 
-        def op(conn: Connection) -> JobRow:
+        def op(conn: Connection) -> JobRow | Claimed:
+            if claim is not None and (earlier := idempotency.take(conn, claim, values["id"])):
+                return earlier
             result = conn.execute(_INSERT_JOB, values)
             pk = result.inserted_primary_key[0]  # type: ignore[index]
             return JobRow.from_mapping({**values, "pk": pk})

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from app.store import idempotency
+from app.store.idempotency import Claim, Claimed
 from app.store.rows import JobRow
 from app.store.store import Store
 from app.store.tables import jobs, loss_chunks, sweeps
@@ -124,11 +126,14 @@ class SweepStore:
 
     # -- writes ---------------------------------------------------------------------------
     def insert_sweep(
-        self, values: dict[str, Any], runs: list[dict[str, Any]]
-    ) -> Future[tuple[SweepRow, list[JobRow]]]:
-        """Store a sweep and all its runs in one transaction: all of them, or none."""
+        self, values: dict[str, Any], runs: list[dict[str, Any]], claim: Claim | None = None
+    ) -> Future[tuple[SweepRow, list[JobRow]] | Claimed]:
+        """Store a sweep and all its runs in one transaction: all of them, or none. With an
+        idempotency key's claim, as `Store.insert_job`."""
 
-        def op(conn: Connection) -> tuple[SweepRow, list[JobRow]]:
+        def op(conn: Connection) -> tuple[SweepRow, list[JobRow]] | Claimed:
+            if claim is not None and (earlier := idempotency.take(conn, claim, values["id"])):
+                return earlier
             result = conn.execute(insert(sweeps).values(**values))
             sweep = SweepRow.from_mapping({**values, "pk": result.inserted_primary_key[0]})  # type: ignore[index]
             rows = []

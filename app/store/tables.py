@@ -82,3 +82,16 @@ sweeps = Table(
     Column("created_at", String(32), nullable=False),
     Index("ix_sweeps_variant_pk", "variant", "pk"),
 )
+
+# The Idempotency-Key of each POST that created something, for a while (Settings
+# .idempotency_hours): a retry with the same key and body finds what the first one made.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(16), primary_key=True),  # the collection posted to: jobs, sweeps
+    Column("key", String(255), primary_key=True),
+    Column("body_sha256", String(64), nullable=False),
+    Column("resource_id", String(32), nullable=False),  # the job's or the sweep's id
+    Column("created_at", String(32), nullable=False),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)

@@ -58,7 +58,8 @@ def run_with_harness(
             # a backend that is never started: the test plays the worker
             hub = EventHub() if max_bytes is None else EventHub(max_bytes=max_bytes)
             service = JobService(settings, store, hub, make_backend(settings))
-            job = await service.submit(JobCreate(variant="numpy", hyperparameters={"steps": 5000}))
+            request = JobCreate(variant="numpy", hyperparameters={"steps": 5000})
+            job = (await service.submit(request)).made
             row = store.get_job(job.id)
             assert row is not None
             await test(Harness(service, job.id, row.pk))

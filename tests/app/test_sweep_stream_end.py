@@ -75,11 +75,10 @@ def test_a_final_sweep_event_comes_last_after_every_run_s_losses(tmp_path: Path)
             hub = EventHub()
             # a backend that is never started: the test plays the workers
             jobs = JobService(settings, store, hub, make_backend(settings))
-            sweep = await SweepService(jobs).submit(
-                SweepCreate(
-                    variant="numpy", hyperparameters={"steps": STEPS}, grid={"seed": [0, 1]}
-                )
+            request = SweepCreate(
+                variant="numpy", hyperparameters={"steps": STEPS}, grid={"seed": [0, 1]}
             )
+            sweep = (await SweepService(jobs).submit(request)).made
             runs = [store.get_job(run.id) for run in sweep.jobs]
             assert all(runs)
             reader = Reader(await SweepStreams(store, hub).events(sweep.id, None))
