@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps prometheus-deps bench gpu-check clean
+.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps prometheus-deps node-deps bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ prometheus-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
+# Debian's Node.js and npm, for the test that reads a stream with npm's `eventsource` package
+node-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+
 lint: install
 	$(BIN)/ruff check app workers tests bench trainwire examples
 	$(BIN)/ruff format --check app workers tests bench trainwire examples
@@ -47,7 +53,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app workers trainwire
 
-pytest: install browser-deps prometheus-deps
+pytest: install browser-deps prometheus-deps node-deps
 	$(BIN)/pytest -q
 
 # the service and hardening tests again, each server on a PostgreSQL database of its own

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from app.api import health, jobs, pages, sweeps, variants
+from app.api import health, jobs, pages, schema, sweeps, variants
 from app.api import metrics as metrics_route
 from app.api.deps import require_token
 from app.api.errors import add_error_handlers
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=schema.operation_id,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
         )
     # the schema says what the server does: bearer auth and its 401 only when a token is set
     guarded = settings.api_token is not None
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     pages.mount_pages(app)
     add_error_handlers(app)
+    schema.install(app)
     app.add_middleware(HTTPMetrics, metrics=metrics)
     return app
 

@@ -36,6 +36,7 @@ from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, n
 from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
 from app.store.idempotency import Claim, Claimed
+from app.waiting import explain
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
 from trainwire.models import Job, JobCreate
@@ -56,6 +57,9 @@ class Submitted(Generic[T]):
     made: T
     replayed: bool = False
 
+
+# the running jobs read to tell a queued one why it waits (more run only on a large cluster)
+WAITING_RUNNING_READ = 1000
 
 # seconds per step assumed for Retry-After before any job has finished (a tutorial-sized step)
 DEFAULT_SECONDS_PER_STEP = 0.001
@@ -276,7 +280,27 @@ class JobService:
 
     # -- queries --------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
-        return (await find_job(self.store, job_id)).to_job()
+        job = (await find_job(self.store, job_id)).to_job()
+        return (await self.with_waiting([job]))[0]
+
+    async def with_waiting(self, jobs: list[Job]) -> list[Job]:
+        """The jobs, each queued one with why it waits (`Job.waiting`)."""
+        if not any(job.status is JobStatus.queued for job in jobs):
+            return jobs
+        queued = self.backend.queued_specs()
+        workers = self.backend.worker_states()
+        running = await run_in_threadpool(
+            self.store.list_jobs, WAITING_RUNNING_READ, None, [JobStatus.running.value]
+        )
+        per_step, cores = self.consumer.seconds_per_step, usable_cores()
+        return [
+            job.model_copy(
+                update={"waiting": explain(job.id, queued, workers, running, per_step, cores)}
+            )
+            if job.status is JobStatus.queued
+            else job
+            for job in jobs
+        ]
 
     async def list_jobs(
         self,
@@ -304,4 +328,5 @@ class JobService:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [r.to_job() for r in rows], encode_cursor(rows[-1].pk) if more else None
+        jobs = await self.with_waiting([r.to_job() for r in rows])
+        return jobs, encode_cursor(rows[-1].pk) if more else None

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_JOB_THREADS",
     "VariantInfo",
     "VariantName",
+    "Waiting",
 ]
 
 
@@ -110,6 +111,29 @@ class JobError(BaseModel):
 _NON_FINITE_LOSS = re.compile(r"\bthe loss became (nan|-?inf)\b")
 
 
+class Waiting(BaseModel):
+    """Why a queued job has not started, from what the service knows when it is asked."""
+
+    reason: str = Field(
+        description="queue: jobs ahead of it on its device; workers: every worker for its "
+        "device is busy; cores: a worker is free, but the cores the job runs on are held by "
+        "running jobs; starting: a worker is taking it now.",
+        examples=["cores"],
+    )
+    ahead: int = Field(description="Queued jobs that start before it on its device.")
+    running: int = Field(description="Jobs running now on its device.")
+    workers: int = Field(description="Workers for its device (most jobs running at once).")
+    estimated_start_seconds: float | None = Field(
+        description="A rough estimate of when it starts: the steps of the jobs ahead and the "
+        "steps left of the running ones, at the mean seconds per step of the jobs finished so "
+        "far, shared among the workers; null until a job has finished."
+    )
+    message: str = Field(
+        description="The same, in a sentence.",
+        examples=["waiting for free cores: 1 running job holds the 2 cores of this host"],
+    )
+
+
 class Job(BaseModel):
     """A job and where it stands."""
 
@@ -133,6 +157,11 @@ class Job(BaseModel):
     error: JobError | None
     attempts: int = Field(0, description="Times a worker started this job (more after a crash).")
     sweep_id: str | None = Field(None, description="The sweep this job is a run of; null if none.")
+    waiting: Waiting | None = Field(
+        None,
+        description="While queued, why it waits and a rough estimate of when it starts (in "
+        "GET answers; null otherwise, and in stream events).",
+    )
 
 
 class JobList(BaseModel):

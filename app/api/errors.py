@@ -66,14 +66,16 @@ MAX_LISTED_ERRORS = 50
 
 
 def _validation_response(errors: Sequence[Any]) -> JSONResponse:
-    """FastAPI's 422 body, made strict JSON whatever the client sent.
-
-    FastAPI echoes each wrong value as `input`: a `NaN` (which Python's json parser accepts) or a
-    lone surrogate (`"\\ud800"`) would make rendering the error itself fail with a 500.
+    """The 422 body: `{"detail": [{"loc", "msg", "type"}, ...]}`, strict JSON whatever the
+    client sent (a message may quote a lone surrogate: it is escaped).
     A body can hold tens of thousands of wrong fields: the first MAX_LISTED_ERRORS are listed,
     then one more item (same shape: loc, msg, type) counts the rest.
     """
-    listed = list(errors[:MAX_LISTED_ERRORS])
+    # one shape for every 422: FastAPI's own errors also carry `input`, `ctx` and `url`
+    listed = [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in errors[:MAX_LISTED_ERRORS]
+    ]
     if len(errors) > MAX_LISTED_ERRORS:
         more = len(errors) - MAX_LISTED_ERRORS
         listed.append(

@@ -153,7 +153,18 @@ async def delete_job(job_id: str, service: Service) -> Response:
     responses={
         **_NOT_FOUND,
         200: {
-            "content": {"text/csv": {"schema": {"type": "string"}, "example": "step,loss\n0,1.5\n"}}
+            "model": Losses,
+            "content": {
+                "application/json": {
+                    "example": {
+                        "job_id": "3f2a9c0d1e2b4a5f",
+                        "steps": [0, 1, 2],
+                        "losses": [31123.2, 27864.9, 25143.0],
+                        "next_after": 2,
+                    }
+                },
+                "text/csv": {"schema": {"type": "string"}, "example": "step,loss\n0,1.5\n"},
+            },
         },
     },
 )
@@ -211,14 +222,26 @@ async def get_losses(
     responses={
         **_NOT_FOUND,
         200: {
-            "description": "`status` (data: the job), then `loss` events (id: step, data: "
-            '{"step": n, "loss": x}) for every step, live ones as they happen, then the final '
-            "`status`; the server then ends the stream.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events (`text/event-stream`), in this order: a `status` "
+            "event (data: the Job as JSON), then one `loss` event per step (`id:` the step, "
+            'data: `{"step": n, "loss": x}`, `loss` null where it was not finite) from the '
+            "first step not yet seen, live ones as they happen, a `status` event whenever the "
+            "job's status changes, and the final `status` last; the server then ends the "
+            "stream. `retry:` tells a reconnecting client how long to wait; send the last `id:` "
+            "back as `Last-Event-ID` to resume after it. Idle streams carry `: ping` comments "
+            "every 15 s.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'event: status\ndata: {"id": "3f2a9c0d1e2b4a5f", "status": '
+                    '"running", ...}\n\nid: 0\nevent: loss\ndata: {"step": 0, "loss": '
+                    "31123.2}\n\n",
+                }
+            },
         },
     },
 )
-async def job_events(
+async def stream_job_events(
     job_id: str,
     streams: Streams,
     after: Annotated[

@@ -145,7 +145,7 @@ async def delete_sweep(sweep_id: str, sweeps: Sweeps) -> Response:
         },
     },
 )
-async def sweep_events(
+async def stream_sweep_events(
     sweep_id: str,
     streams: Streams,
     max_points: Annotated[

@@ -362,7 +362,7 @@
       el("td", {}, el("span", { class: "job-id", text: shortId(id), title: id })),
       el("td", { class: "variant" }),
       el("td", {}, el("div", { class: "job-label" })),
-      el("td", {}, el("span", { class: "status" }), el("span", { class: "job-error" })),
+      el("td", {}, el("span", { class: "status" }), el("span", { class: "job-error" }), el("span", { class: "job-waiting" })),
       el(
         "td",
         {},
@@ -374,6 +374,14 @@
     );
     state.rows.set(id, row);
     return row;
+  }
+
+  function waitingText(waiting) {
+    const message = String(waiting.message || waiting.reason || "");
+    const eta = waiting.estimated_start_seconds;
+    if (typeof eta !== "number") return message;
+    const when = eta < 90 ? `${Math.max(1, Math.round(eta))} s` : `${Math.round(eta / 60)} min`;
+    return `${message}; starts in about ${when}`;
   }
 
   function setText(node, text) {
@@ -390,6 +398,11 @@
     const errorNode = $(".job-error", row);
     setText(errorNode, error ? error.code || "error" : "");
     errorNode.title = error && error.message ? error.message : "";
+    // a queued job says why it waits (from the list's answers; a status event has no reason)
+    const waiting = status === "queued" && job.waiting && typeof job.waiting === "object" ? job.waiting : null;
+    const waitNode = $(".job-waiting", row);
+    setText(waitNode, waiting ? waitingText(waiting) : "");
+    waitNode.title = waiting ? `reason: ${waiting.reason}; ${waiting.ahead} ahead, ${waiting.running} running, ${waiting.workers} workers` : "";
     setText($(".variant", row), job.variant || "");
     const label = $(".job-label", row);
     setText(label, job.label || "");

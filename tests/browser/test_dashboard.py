@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -392,3 +393,24 @@ def test_screenshots_of_finished_jobs(tab: Tab, server: Server) -> None:
     page.wait_for_function("document.documentElement.scrollWidth <= window.innerWidth")
     tab.screenshot("-narrow")
     tab.check()
+
+
+def test_a_queued_job_shows_why_it_waits(tab: Tab, server: Server) -> None:
+    page = tab.page
+    tiny = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2}
+    with server.client() as client:
+        # a job on every core of the server (it inherits this process's affinity)
+        holder = submit(
+            client, "tensors", hp={**tiny, "steps": 1_000_000}, threads=len(os.sched_getaffinity(0))
+        )["id"]
+        waiting = submit(client, "numpy", hp={"steps": 5})["id"]
+        try:
+            open_dashboard(page, server.url)
+            expect(row(page, waiting)).to_have_attribute("data-status", "queued")
+            expect(row(page, waiting).locator(".job-waiting")).to_contain_text("free cores")
+            expect(row(page, holder).locator(".job-waiting")).to_have_text("")
+        finally:
+            for job_id in (waiting, holder):
+                client.post(f"/v1/jobs/{job_id}/cancel")
+        expect(row(page, waiting)).to_have_attribute("data-status", "cancelled")
+        expect(row(page, waiting).locator(".job-waiting")).to_be_hidden()
