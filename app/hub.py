@@ -137,6 +137,7 @@ class EventHub:
         self._max_chunks = max_chunks
         self._max_bytes = max_bytes
         self.closing = asyncio.Event()  # set at shutdown: every stream ends
+        self.open_streams = 0  # event streams open now, a job's or a sweep's (each counts once)
 
     def subscribe(self, job_id: str) -> Channel:
         channel = self._channels.setdefault(job_id, Channel())

@@ -164,7 +164,7 @@ class LiveState(Collector):
             for device in sorted(set(self.backend.devices) | set(replaced)):
                 restarts.add_metric([device], replaced.get(device, 0))
         if live and self.hub is not None:
-            streams.add_metric([], self.hub.subscriber_count())
+            streams.add_metric([], self.hub.open_streams)
         yield from (jobs, workers, restarts, streams)
 
 

@@ -79,10 +79,12 @@ class EventStreams:
 
     async def _stream(self, job_id: str, after: int) -> AsyncIterator[bytes]:
         channel = self.hub.subscribe(job_id)  # before reading the store: nothing slips between
+        self.hub.open_streams += 1
         try:
             async for data in self._merge(job_id, channel, after):
                 yield data
         finally:
+            self.hub.open_streams -= 1
             self.hub.unsubscribe(job_id, channel)
 
     async def _merge(self, job_id: str, channel: Channel, after: int) -> AsyncIterator[bytes]:

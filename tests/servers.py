@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,3 +248,47 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict
         return job if job["status"] in FINAL else None
 
     return dict(wait_for(final, timeout))
+
+
+class ByteCuttingProxy:
+    """Relays bytes between a client and the server on `upstream_port`, one upstream connection
+    per client connection, and closes a connection once `after` bytes of its answer have gone
+    through: the first `cuts` connections (every one when `cuts` is None). Keeps each
+    connection's request head."""
+
+    def __init__(self, upstream_port: int, after: int, cuts: int | None = None):
+        self.upstream_port, self.after, self.cuts = upstream_port, after, cuts
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                index = len(self.requests)
+                self.requests.append(b"")
+            cut = self.cuts is None or index < self.cuts
+            threading.Thread(target=self._serve, args=(conn, index, cut), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, index: int, cut: bool) -> None:
+        with conn, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
+            head = conn.recv(65536)
+            self.requests[index] = head
+            upstream.sendall(head)
+            sent = 0
+            while chunk := upstream.recv(4096):
+                if cut and sent + len(chunk) > self.after:
+                    conn.sendall(chunk[: self.after - sent])
+                    return  # cut mid-answer
+                conn.sendall(chunk)
+                sent += len(chunk)
+
+    def close(self) -> None:
+        self.listener.close()

@@ -9,8 +9,8 @@ with Client() as tw:
     sweep = tw.wait_sweep(sweep.id)           # the final sweep: every run's status and last loss
 ```
 
-The sweep's stream has no event ids: a reconnect starts it over, and the client gives out only
-what it had not given out before (each run's steps after the last one seen).
+A reconnect sends the id of the last event seen (`Last-Event-ID`): the server goes on from each
+run's next step, and the client gives out each step once.
 """
 
 from __future__ import annotations
@@ -101,10 +101,16 @@ class _SweepStreamState:
         self.progressed = False
         self.connected = False
         self.sweeps_seen = 0  # on this connection
+        self.last_id: str | None = None  # the stream's position, sent back on a reconnect
+
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": self.last_id} if self.last_id else {}
 
     def accept(self, sse: ServerSentEvent) -> SweepEvent | None:
         from trainwire.client import ProtocolError, _parse, _StreamGap, strict_json
 
+        if sse.id:
+            self.last_id = sse.id
         if sse.event == "loss":
             try:
                 data = strict_json(sse.data)
@@ -235,7 +241,12 @@ class SweepCalls(_Mixin):
         state.sweeps_seen = 0
         try:
             with connect_sse(
-                self._http, "GET", path, params=params, timeout=self._stream_timeout
+                self._http,
+                "GET",
+                path,
+                params=params,
+                headers=state.headers(),
+                timeout=self._stream_timeout,
             ) as source:
                 state.connected = True
                 if source.response.status_code >= 400:
@@ -365,7 +376,12 @@ class AsyncSweepCalls(_Mixin):
         state.sweeps_seen = 0
         try:
             async with aconnect_sse(
-                self._http, "GET", path, params=params, timeout=self._stream_timeout
+                self._http,
+                "GET",
+                path,
+                params=params,
+                headers=state.headers(),
+                timeout=self._stream_timeout,
             ) as source:
                 state.connected = True
                 if source.response.status_code >= 400:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.background import BackgroundTask
 
 from app.api.deps import IdempotencyKey, created, known_query
 from app.api.jobs import ID_PREFIX, LABEL
 from app.stream import EventStreamResponse
-from app.sweep_stream import SweepStreams
+from app.sweep_stream import MAX_CURSOR_LENGTH, SweepStreams
 from app.sweeps import SweepService
 from trainwire.jobs import VariantName
 from trainwire.sweeps import Sweep, SweepCreate, SweepList, SweepStatus
@@ -138,9 +138,13 @@ async def delete_sweep(sweep_id: str, sweeps: Sweeps) -> Response:
         **_NOT_FOUND,
         200: {
             "description": "`sweep` (data: the sweep), then `loss` events (data: "
-            '{"job_id": "...", "step": n, "loss": x}, no id) for every step of every run, the '
+            '{"job_id": "...", "step": n, "loss": x}) for every step of every run, the '
             "stored history first, then live; `sweep` again when runs change status; a final "
-            "`sweep` once every run is final, after which the server ends the stream.",
+            "`sweep` once every run is final, after which the server ends the stream. Every "
+            "`sweep` event and the last `loss` event of each batch carry an `id:`: each run's "
+            "next step, in the runs' order (`1200.1200.800`, equal neighbours shortened: "
+            "`1200x2.800`); send it back as `Last-Event-ID` (or `?after=`) to go on from there, "
+            "every step once.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
     },
@@ -157,8 +161,22 @@ async def stream_sweep_events(
             "/losses?max_points does; live steps all come.",
         ),
     ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CURSOR_LENGTH,
+            description="An event's id: go on after it (as Last-Event-ID does).",
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            max_length=MAX_CURSOR_LENGTH,
+            description="Sent by EventSource on reconnect: go on after this event's id.",
+        ),
+    ] = None,
 ) -> Response:
-    stream = await streams.events(sweep_id, max_points)
+    stream = await streams.events(sweep_id, max_points, [last_event_id or "", after or ""])
     return EventStreamResponse(
         stream,
         stall_seconds=streams.stall_seconds,

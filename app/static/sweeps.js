@@ -226,6 +226,7 @@
       follow: "loading", // loading | stream | retry | done | gone
       source: null,
       sweepEvents: 0,
+      lastId: "", // the id of the stream's latest event that had one: where a reconnect goes on
       alive: true,
       sort: { key: "final", dir: 1 },
       curves: null,
@@ -251,20 +252,27 @@
   }
 
   function openStream(view) {
-    const url = withQuery(`${sweepPath(view.id)}/events`, { max_points: HISTORY_POINTS, access_token: ui.token() || null });
+    // a stream opened again after it failed goes on from the last event's id, as the browser's
+    // own reconnects do with Last-Event-ID
+    const url = withQuery(`${sweepPath(view.id)}/events`, {
+      max_points: HISTORY_POINTS,
+      after: view.lastId || null,
+      access_token: ui.token() || null,
+    });
     const source = new EventSource(url);
     view.source = source;
     view.follow = "stream";
     const current = () => view.alive && view.source === source;
     source.addEventListener("open", () => {
       if (!current()) return;
-      // a connection starts the sweep over: its first events are the whole history again
-      view.points = new Map();
+      // a first connection starts with the whole history; a later one goes on from the id
+      if (!view.lastId) view.points = new Map();
       view.sweepEvents = 0;
     });
     source.addEventListener("sweep", (event) => {
       if (!current()) return;
       const sweep = JSON.parse(event.data);
+      if (event.lastEventId) view.lastId = event.lastEventId;
       view.sweepEvents++;
       view.sweep = sweep;
       state.sweeps.set(sweep.id, sweep);
@@ -280,6 +288,7 @@
     source.addEventListener("loss", (event) => {
       if (!current()) return;
       const data = JSON.parse(event.data);
+      if (event.lastEventId) view.lastId = event.lastEventId;
       let points = view.points.get(data.job_id);
       if (!points) view.points.set(data.job_id, (points = []));
       if (points.length && data.step <= points[points.length - 1][0]) return;

@@ -14,6 +14,8 @@ from httpx_sse import ServerSentEvent, connect_sse
 from jobclient import IDLE_SECONDS, body, strict_json
 from servers import wait_for
 
+from app.sweep_stream import Cursor
+
 SWEEP_FINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -54,7 +56,6 @@ class SweepStream:
             if event.event == "loss":
                 data = strict_json(event.data)
                 assert set(data) == {"job_id", "step", "loss"}, data
-                assert not event.id, event.id  # no ids: a reconnect starts over
                 found.setdefault(data["job_id"], []).append((data["step"], data["loss"]))
         return found
 
@@ -70,6 +71,18 @@ class SweepStream:
             s["status"] for s in self.sweeps
         ]
         points = self.points()
+        # every id is where the stream stands: each run's next step, in the runs' order
+        order = [run["id"] for run in self.sweeps[0]["jobs"]]
+        at = dict.fromkeys(order, 0)
+        ids, last_id = 0, ""
+        for event in self.events:
+            if event.event == "loss":
+                data = strict_json(event.data)
+                at[data["job_id"]] = data["step"] + 1
+            if event.id != last_id:  # httpx_sse carries an id on to the events without one
+                ids, last_id = ids + 1, event.id
+                assert Cursor.decode(event.id, len(order)) == [at[r] for r in order], event.id
+        assert ids >= 2  # the first sweep, the last one, and one per batch of losses
         for run in final["jobs"]:
             steps = [step for step, _ in points.get(run["id"], [])]
             assert steps == list(range(run["step"])), (run["id"], run["step"], steps[:5])

@@ -162,3 +162,31 @@ def test_apps_in_one_process_keep_their_metrics_apart() -> None:
     first = create_app(Settings(database_url="sqlite://"))
     second = create_app(Settings(database_url="sqlite://"))  # no "Duplicated timeseries"
     assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+def test_the_streams_gauge_counts_each_stream_once_with_a_token(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(TRAINWIRE_API_TOKEN=TOKEN, TRAINWIRE_CPU_WORKERS="1")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    tiny = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2, "steps": 1_000_000}
+    with server.client(headers=auth) as client:
+        job = submit(client, "tensors", hp=tiny)
+        made = client.post(
+            "/v1/sweeps", json={"variant": "numpy", "grid": {"seed": [1, 2, 3]}}
+        ).json()
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as browser,  # EventSource: no headers
+            client.stream("GET", f"/v1/jobs/{job['id']}/events") as job_stream,
+            browser.stream(
+                "GET", f"/v1/sweeps/{made['id']}/events", params={"access_token": TOKEN}
+            ) as sweep_stream,
+        ):
+            assert job_stream.status_code == sweep_stream.status_code == 200
+            # held: an iterator dropped would close its stream
+            lines = job_stream.iter_lines(), sweep_stream.iter_lines()
+            assert [next(each) for each in lines] == ["event: status", "event: sweep"]
+            # one job stream and one sweep stream (of three runs): two streams
+            assert value(scrape(client), "trainwire_event_streams") == 2
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+        wait_for(lambda: value(scrape(client), "trainwire_event_streams") == 0)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browserkit import Tab, open_dashboard, stored_losses
+from browserkit import CuttingProxy, Tab, open_dashboard, stored_losses
 from playwright.sync_api import Page, expect
 from servers import Server, wait_for
 
@@ -163,4 +163,43 @@ def test_a_sweep_is_cancelled_from_its_view(tab: Tab, server: Server) -> None:
     )
     expect(page.locator("#sweep-view")).to_have_attribute("data-follow", "done")
     expect(page.locator("#sweep-cancel")).to_be_hidden()
+    tab.check()
+
+
+@pytest.mark.timeout(300)
+def test_a_cut_sweep_stream_goes_on_from_its_last_id(tab: Tab, server: Server) -> None:
+    tab.allow_console_error(r"net::ERR_\w+ @ http://127\.0\.0\.1:\d+/v1/sweeps/\w+/events\b")
+    page = tab.page
+    with CuttingProxy(server.port) as proxy:
+        open_dashboard(page, proxy.url)
+        page.wait_for_function("document.querySelectorAll('#s-variant option').length > 0")
+        # slow steps (a wide input: ~7 ms), fewer than the 2,000 points a run keeps exactly
+        fill_sweep_form(page, variant="nn", steps=1800, swept="d_in", values="8000", seeds="0, 1")
+        sweep = submit_sweep_form(page)
+        runs = [run["id"] for run in sweep["jobs"]]
+
+        def held(run_id: str) -> list[list[Any]]:
+            return list(page.evaluate("id => window.trainwire.sweepPoints(id) || []", run_id))
+
+        wait_for(lambda: len(held(runs[0])) >= 100, timeout=120)
+
+        def is_stream(path: str) -> bool:
+            return path.startswith(f"/v1/sweeps/{sweep['id']}/events")
+
+        assert proxy.cut(is_stream) == 1
+        page.wait_for_function(
+            "id => { const v = window.trainwire.sweepView(); return v && v.id === id"
+            " && v.follow === 'done'; }",
+            arg=sweep["id"],
+            timeout=120_000,
+        )
+        with server.client() as client:
+            for run_id in runs:
+                assert held(run_id) == stored_losses(client, run_id), run_id
+        opened = [head.decode("latin-1") for _, path, head in proxy.requests if is_stream(path)]
+    assert len(opened) >= 2, opened
+    # the reconnect went on from where the stream stood, not from the start
+    marks = re.findall(r"(?im)^last-event-id: *([0-9x.]+)\r?$", opened[1])
+    marks += re.findall(r"[?&]after=([0-9x.%A-F]+)", opened[1].split("\r\n", 1)[0])
+    assert marks and marks[0] not in ("0x2", "0.0"), opened[1]
     tab.check()

@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-from servers import Server
+from servers import ByteCuttingProxy, Server
 
 from trainwire import Client
 
@@ -40,46 +38,6 @@ def node_modules() -> Path:
     return folder / "node_modules"
 
 
-class CuttingProxy:
-    """Relays bytes to the server; closes each of the first `cuts` connections once `after`
-    bytes of the answer have gone through. Keeps each request's head."""
-
-    def __init__(self, upstream_port: int, cuts: int, after: int):
-        self.upstream_port, self.cuts, self.after = upstream_port, cuts, after
-        self.requests: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            cut = len(self.requests) < self.cuts
-            self.requests.append(b"")
-            threading.Thread(
-                target=self._serve, args=(conn, len(self.requests) - 1, cut), daemon=True
-            ).start()
-
-    def _serve(self, conn: socket.socket, index: int, cut: bool) -> None:
-        with conn, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
-            head = conn.recv(65536)
-            self.requests[index] = head
-            upstream.sendall(head)
-            sent = 0
-            while chunk := upstream.recv(4096):
-                if cut and sent + len(chunk) > self.after:
-                    conn.sendall(chunk[: self.after - sent])
-                    return  # cut mid-stream
-                conn.sendall(chunk)
-                sent += len(chunk)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_node_eventsource_reads_every_step_once_across_cuts(shared_server: Server) -> None:
     node = shutil.which("node")
     if node is None:
@@ -90,7 +48,7 @@ def test_node_eventsource_reads_every_step_once_across_cuts(shared_server: Serve
         steps, losses = tw.losses(job.id)
     # an ES module's imports resolve from its own folder up: the reader sits by node_modules
     reader = shutil.copy(READER, modules.parent / READER.name)
-    proxy = CuttingProxy(shared_server.port, cuts=3, after=20_000)
+    proxy = ByteCuttingProxy(shared_server.port, after=20_000, cuts=3)
     try:
         done = subprocess.run(
             [node, reader, f"http://127.0.0.1:{proxy.port}/v1/jobs/{job.id}/events"],
