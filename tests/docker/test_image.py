@@ -46,8 +46,13 @@ def logs(docker: Engine, container: str) -> str:
     return result.stdout + result.stderr
 
 
-def wait_healthy(docker: Engine, container: str) -> None:
-    wait_for(lambda: health(docker, container) == "healthy", timeout=180, interval=0.5)
+def wait_healthy(docker: Engine, container: str, timeout: float = 180) -> None:
+    try:
+        wait_for(lambda: health(docker, container) == "healthy", timeout=timeout, interval=0.5)
+    except AssertionError as exc:
+        checks = docker.inspect(container)["State"].get("Health")
+        health_log = json.dumps(checks)[-2000:]
+        raise AssertionError(f"{exc}: {health_log}\n{logs(docker, container)}") from None
 
 
 def ready(url: str) -> bool:
@@ -238,6 +243,8 @@ def test_docker_stop_ends_it_cleanly_within_the_grace_period(deployment: dict[st
     # a SIGKILL at the end of the grace period would read 137
     assert not stopped["Running"] and stopped["ExitCode"] == 0 and not stopped["OOMKilled"]
     status, step = deployment["stored"][deployment["ids"]["long"]]
+    # what `pytest -rP` shows: the measurement, not a condition of the test
+    print(f"docker stop took {deployment['stop_seconds']:.2f} s; the job stopped at step {step}")
     # the running job went back to the queue for the next start (docs/design.md, Shutdown)
     assert status == "queued", deployment["stored"]
     assert deployment["stored"][deployment["ids"]["short"]] == ("succeeded", 40)
@@ -290,37 +297,70 @@ def test_the_compose_files_are_valid(docker: Engine) -> None:
 
 def without_gpus(compose: Path, image: str, environment: dict[str, str], where: Path) -> Path:
     """A copy of a compose file for this host: the test's CPU image, no GPU reservation, the
-    host's network (this engine has no bridge) with the server on `environment`'s port."""
+    host's network (this engine has no bridge) with `environment` added, health asked every 2 s."""
     config = yaml.safe_load(compose.read_text())
+    config.pop("x-ray-node", None)  # an extension field, already merged where it is used
     for service in config["services"].values():
         service.pop("build", None)
         service.pop("deploy", None)
         service.pop("ports", None)
         service["image"] = image
         service["network_mode"] = "host"
-        if "healthcheck" not in service:  # the image's check, asked every 2 s
-            service["healthcheck"] = {"interval": "2s"}
         service["environment"] = [
             *service.get("environment", []),
             *(f"{k}={v}" for k, v in environment.items()),
         ]
+        if "healthcheck" not in service:  # the image's check, asked every 2 s
+            service["healthcheck"] = {"interval": "2s"}
     derived = where / compose.name
     derived.write_text(yaml.safe_dump(config))
     return derived
 
 
-def test_compose_up_serves_and_down_stops(docker: Engine, image: str, tmp_path: Path) -> None:
-    port = free_port()
-    derived = without_gpus(
-        ROOT / "compose.yaml", image, {"TRAINWIRE_PORT": str(port), "TRAINWIRE_CPU_WORKERS": "1"},
-        tmp_path,
-    )  # fmt: skip
-    project = ["docker-compose", "-p", "twcompose", "-f", str(derived)]
+def compose_up_healthy(
+    docker: Engine, derived: Path, project: str, port: int, served_by: str, *profiles: str
+) -> None:
+    """`docker-compose up -d`, the service `served_by` healthy and ready on `port`, then
+    `down -v`: nothing left."""
+    compose = ["docker-compose", "-p", project, "-f", str(derived)]
+    for profile in profiles:
+        compose += ["--profile", profile]
     try:
-        docker.run([*project, "up", "-d"], timeout=300)
-        (container,) = docker.run([*project, "ps", "-q"]).stdout.split()
+        docker.run([*compose, "up", "-d"], timeout=300)
+        (container,) = docker.run([*compose, "ps", "-q", served_by]).stdout.split()
         wait_healthy(docker, container)
         assert ready(f"http://127.0.0.1:{port}")
     finally:
-        docker.run([*project, "down", "-v"], timeout=120, check=False)
-    assert docker.run([*project, "ps", "-q"]).stdout.split() == []
+        docker.run([*compose, "down", "-v"], timeout=120, check=False)
+    assert docker.run([*compose, "ps", "-q"]).stdout.split() == []
+
+
+def test_compose_up_serves_and_down_stops(docker: Engine, image: str, tmp_path: Path) -> None:
+    port = free_port()
+    settings = {"TRAINWIRE_PORT": str(port), "TRAINWIRE_CPU_WORKERS": "1"}
+    derived = without_gpus(ROOT / "compose.yaml", image, settings, tmp_path)
+    compose_up_healthy(docker, derived, "twcompose", port, "trainwire")
+
+
+def test_compose_ray_head_and_worker_serve(docker: Engine, image: str, tmp_path: Path) -> None:
+    # both roles on this host; the head is ready once the worker's slots are up
+    port, gcs = free_port(), free_port()
+    settings = {
+        "TRAINWIRE_PORT": str(port),
+        "TRAINWIRE_CPU_WORKERS": "1",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs}",
+    }
+    derived = without_gpus(ROOT / "compose.ray.yaml", image, settings, tmp_path)
+    # Ray's fixed ports, moved to free ones: this host's network is shared with other clusters
+    config = yaml.safe_load(derived.read_text())
+    head, worker = config["services"]["head"]["command"], config["services"]["worker"]["command"]
+    assert "--port=6379" in head[2] and "ray start --address=" in worker[2], (head, worker)
+    head[2] = head[2].replace(
+        "--port=6379", f"--port={gcs} --dashboard-agent-listen-port={free_port()}"
+    )
+    worker[2] = worker[2].replace(
+        "ray start", f"ray start --dashboard-agent-listen-port={free_port()}"
+    )
+    derived.write_text(yaml.safe_dump(config))
+    compose_up_healthy(docker, derived, "twray", port, "head", "head", "worker")
