@@ -5,8 +5,13 @@
 #   docker build -t trainwire .
 # and see docs/docker.md for running it. Another base can be chosen with
 #   --build-arg BASE_IMAGE=pytorch/pytorch:<version>-cuda<x.y>-cudnn9-runtime
+# A CPU image: any base with Python 3.11+ as `python` and a CPU build of torch, and
+#   --build-arg BASE_IMAGE=<that image> --build-arg REQUIRE_CUDA=0
 ARG BASE_IMAGE=pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
+
+# 1: the build stops unless the base's torch is a CUDA build (the GPU image); 0: a CPU image.
+ARG REQUIRE_CUDA=1
 
 LABEL org.opencontainers.image.title="trainwire" \
       org.opencontainers.image.description="Training runs of 'Learning PyTorch with Examples' as a web service with live loss streams"
@@ -39,14 +44,14 @@ RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["p
 
 # Then the service itself; its dependencies are already in place. The check at the end runs
 # in isolated mode (-I), so that it imports the installed packages rather than ./app, and
-# stops the build should torch have lost its CUDA build after all.
+# (unless REQUIRE_CUDA=0) stops the build should torch have lost its CUDA build after all.
 COPY README.md ./
 COPY app/ app/
 COPY workers/ workers/
 COPY trainwire/ trainwire/
 RUN pip install --no-cache-dir --no-deps -c /tmp/torch-constraint.txt . \
     && rm -rf /src/build /src/*.egg-info \
-    && python -I -c 'import app, workers, workers.ray_slot, trainwire.cli, torch, ray; assert torch.version.cuda, "torch is not a CUDA build"; print("torch", torch.__version__, "CUDA", torch.version.cuda, "ray", ray.__version__)'
+    && python -I -c 'import os, app, workers, workers.ray_slot, trainwire.cli, torch, ray; assert torch.version.cuda or os.environ["REQUIRE_CUDA"] == "0", "torch is not a CUDA build (REQUIRE_CUDA=0 builds a CPU image)"; print("torch", torch.__version__, "CUDA", torch.version.cuda, "ray", ray.__version__)'
 
 # An unprivileged user owns the data volume; the code stays root-owned and read-only to it.
 RUN groupadd --system --gid 10001 trainwire \
@@ -62,15 +67,18 @@ VOLUME ["/data"]
 USER 10001:10001
 WORKDIR /home/trainwire
 
+# The port the server listens on, and the one the health check asks: change both at once with
+# `docker run -e TRAINWIRE_PORT=9000` (with --network host, or publish -p 9000:9000).
+ENV TRAINWIRE_PORT=8000
 EXPOSE 8000
 
-# Healthy once /readyz answers 200 (database open, every worker process up). The request
-# raises on a 503 or a refused connection, and python then exits 1; it bypasses any
+# Healthy once /readyz answers 200 (database open, every worker process up) on $TRAINWIRE_PORT.
+# The request raises on a 503 or a refused connection, and python then exits 1; it bypasses any
 # HTTP_PROXY the container may be given. The image has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/readyz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/readyz' % os.environ.get('TRAINWIRE_PORT', '8000'), timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 
-# The server shuts down cleanly on SIGTERM (compose.yaml allows it 15 s before a SIGKILL).
-# Exec form, so that the server itself is PID 1 and receives the signal, not a shell.
+# The server shuts down cleanly on SIGTERM (compose.yaml allows it 15 s before a SIGKILL): the
+# shell reads the port and then `exec`s the server, which becomes PID 1 and gets the signal itself.
 STOPSIGNAL SIGTERM
-CMD ["trainwire", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["sh", "-c", "exec trainwire serve --host 0.0.0.0 --port \"${TRAINWIRE_PORT:-8000}\""]

@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps prometheus-deps node-deps bench gpu-check clean
+.PHONY: install run test lint typecheck pytest pytest-postgres browser-deps postgres-deps prometheus-deps node-deps docker-deps bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ node-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 
+# Debian's Docker engine, debootstrap and docker-compose, for the tests that build the image and run
+# it under an engine of their own (tests/docker, as root; docs/docker.md)
+docker-deps:
+	@{ command -v dockerd && command -v docker && command -v debootstrap \
+		&& command -v docker-compose; } >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker.io debootstrap docker-compose >/dev/null; }
+
 lint: install
 	$(BIN)/ruff check app workers tests bench trainwire examples
 	$(BIN)/ruff format --check app workers tests bench trainwire examples
@@ -53,7 +61,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app workers trainwire
 
-pytest: install browser-deps prometheus-deps node-deps
+pytest: install browser-deps prometheus-deps node-deps docker-deps
 	$(BIN)/pytest -q
 
 # the service and hardening tests again, each server on a PostgreSQL database of its own

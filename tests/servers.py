@@ -292,3 +292,16 @@ class ByteCuttingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def stored_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
+    """(steps, losses) of every stored loss of a job, page by page."""
+    steps: list[int] = []
+    losses: list[float | None] = []
+    after: int | None = -1
+    while after is not None:
+        page = client.get(f"/v1/jobs/{job_id}/losses", params={"after": after}).json()
+        steps += page["steps"]
+        losses += page["losses"]
+        after = page["next_after"]
+    return steps, losses

@@ -1,7 +1,7 @@
 """compose.ray.yaml: one image as the service with Ray's head node, and as a Ray worker node.
 
-No Docker engine is needed: the file is read and checked for what a two-host deployment relies
-on (docs/ray.md).
+The file is read and checked for what a two-host deployment relies on (docs/ray.md); the image
+tests validate it with docker-compose (test_image.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def services() -> dict[str, Any]:
@@ -49,7 +49,8 @@ def test_the_head_starts_ray_then_serves_as_its_driver() -> None:
     assert ray_start.split()[:3] == ["ray", "start", "--head"]
     assert "--num-cpus=0" in ray_start  # the service's host runs no jobs
     assert serve.split()[:3] == ["exec", "trainwire", "serve"]
-    assert "--host 0.0.0.0 --port 8000" in serve
+    # $$ is compose's escape: the shell in the container reads the port, as the health check
+    assert '--host 0.0.0.0 --port "$${TRAINWIRE_PORT:-8000}"' in serve
     env = environment(head)
     assert env["TRAINWIRE_BACKEND"] == "ray" and env["RAY_ADDRESS"] == "auto"
     assert env["TRAINWIRE_DATABASE_URL"] == "sqlite:////data/trainwire.db"
