@@ -27,6 +27,7 @@ from app.hub import EventHub
 from app.metrics import JobMetrics
 from app.store import JobRow, Store
 from trainwire.jobs import (
+    Checkpointed,
     ErrorCode,
     Finished,
     JobStatus,
@@ -152,6 +153,8 @@ class MessageConsumer:
             self._losses(message, job)
         elif isinstance(message, Started):
             self._started(message, job)
+        elif isinstance(message, Checkpointed):
+            self._checkpointed(message, job)
         else:
             self._finished(message, job)
 
@@ -192,6 +195,9 @@ class MessageConsumer:
         # not a full disk (that waits): the write itself was refused, so the curve has a hole
         job.lost_write = f"storing its losses failed: {exc}"[:500]
         self.backend.cancel(job_id)
+
+    def _checkpointed(self, message: Checkpointed, job: _InFlight) -> None:
+        pass
 
     def _finished(self, message: Finished, job: _InFlight) -> None:
         job_id = message.job_id
