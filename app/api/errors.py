@@ -12,7 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from app.errors import InvalidField, JobFinal, JobNotFinal, JobNotFound, QueueFull
+from app.errors import (
+    InvalidField,
+    JobFinal,
+    JobNotFinal,
+    JobNotFound,
+    JobStateConflict,
+    QueueFull,
+)
 from app.store import StoreUnwritable
 
 # a client's wait before trying again while the store cannot write
@@ -26,6 +33,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JobFinal)
     @app.exception_handler(JobNotFinal)
+    @app.exception_handler(JobStateConflict)
     async def conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
