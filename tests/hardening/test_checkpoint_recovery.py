@@ -1,0 +1,63 @@
+"""kill -9 in the middle of a run with checkpoints: the next start goes on from the newest
+checkpoint whose steps before it are stored, not from step 0, and the curve is exact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from servers import Server, submit, wait_final, wait_for
+
+HP = {"batch_size": 16, "d_in": 16, "hidden": 8, "d_out": 4, "steps": 30_000}
+EVERY = 2_000
+
+
+def steps_trained(client: httpx.Client, variant: str) -> float:
+    """trainwire_steps_total of the variant on the CPU: the steps this server's workers ran."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "trainwire_steps_total" and sample.labels == {
+                "variant": variant,
+                "device": "cpu",
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+def test_kill_9_then_restart_goes_on_from_the_last_checkpoint(
+    make_server: Callable[..., Server],
+) -> None:
+    env = {"TRAINWIRE_CPU_WORKERS": "1", "TRAINWIRE_FLUSH_SECONDS": "0.02"}
+    first = make_server(**env)
+    body = {"hp": HP, "seed": 9, "device": "cpu", "threads": 1, "checkpoint_every": EVERY}
+    with first.client() as client:
+        job_id = submit(client, "tensors", **body)["id"]
+
+        def two_checkpoints() -> bool:
+            items = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"]
+            return len(items) >= 2
+
+        wait_for(two_checkpoints, timeout=90, interval=0.01)
+    first.kill()
+
+    newest = first.query(
+        "SELECT max(step) FROM checkpoints WHERE job_pk = (SELECT pk FROM jobs WHERE id = :id)",
+        id=job_id,
+    )[0][0]
+    stored, _, _, _ = first.stored_steps(job_id)
+    assert EVERY <= newest <= stored < HP["steps"], "killed in the middle, after a checkpoint"
+
+    second = make_server(data_dir=first.data_dir, **env)
+    with second.client() as client:
+        rerun = wait_final(client, job_id, timeout=120)
+        assert rerun["status"] == "succeeded" and rerun["attempts"] == 2
+        # from the checkpoint: the steps before it were not trained again
+        assert steps_trained(client, "tensors") == HP["steps"] - newest
+        reference = submit(client, "tensors", **{**body, "checkpoint_every": 0})["id"]
+        wait_final(client, reference, timeout=120)
+        mine = client.get(f"/v1/jobs/{job_id}/losses", params={"limit": 100_000}).json()
+        theirs = client.get(f"/v1/jobs/{reference}/losses", params={"limit": 100_000}).json()
+        assert mine["steps"] == list(range(HP["steps"]))
+        assert mine["losses"] == theirs["losses"]  # bit for bit
+    assert second.stored_steps(job_id) == (HP["steps"], HP["steps"], 0, HP["steps"] - 1)
