@@ -4,10 +4,13 @@ checkpoint whose steps before it are stored, not from step 0, and the curve is e
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from servers import Server, submit, wait_final, wait_for
+from test_store_outage import small_disk
 
 HP = {"batch_size": 16, "d_in": 16, "hidden": 8, "d_out": 4, "steps": 30_000}
 EVERY = 2_000
@@ -61,3 +64,34 @@ def test_kill_9_then_restart_goes_on_from_the_last_checkpoint(
         assert mine["steps"] == list(range(HP["steps"]))
         assert mine["losses"] == theirs["losses"]  # bit for bit
     assert second.stored_steps(job_id) == (HP["steps"], HP["steps"], 0, HP["steps"] - 1)
+
+
+def test_a_full_disk_fails_checkpoints_not_the_job(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    # a checkpoint of this model (~70 KB) does not fit a 64 KiB disk; then the disk grows
+    with small_disk(tmp_path / "disk") as resize:
+        resize(64 << 10)
+        server = make_server(
+            TRAINWIRE_CPU_WORKERS="1", TRAINWIRE_CHECKPOINT_DIR=str(tmp_path / "disk")
+        )
+        hp = {"batch_size": 8, "d_in": 64, "hidden": 256, "d_out": 4, "steps": 1_000_000}
+        with server.client() as client:
+            job_id = submit(client, "nn", hp=hp, seed=1, checkpoint_every=50)["id"]
+
+            def get() -> dict[str, Any]:
+                return dict(client.get(f"/v1/jobs/{job_id}").json())
+
+            failing = wait_for(lambda: (j := get())["checkpoint_error"] and j, timeout=90)
+            assert failing["status"] == "running"
+            assert client.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"] == []
+            resize(16 << 20)
+            # the next one goes through, and the job's object says so
+            wait_for(lambda: get()["checkpoint_error"] is None, timeout=90)
+            assert client.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"]
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+            done = wait_final(client, job_id)
+        assert done["status"] == "cancelled" and done["error"] is None
+        stored, distinct, first, last = server.stored_steps(job_id)
+        assert stored == distinct == done["step"] and first == 0 and last == stored - 1
+        assert "checkpoint of step" in server.log()
