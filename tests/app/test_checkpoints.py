@@ -9,13 +9,15 @@ depend on them), sizes are tiny, and each variant runs about a second.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from jobclient import all_losses, body
+from httpx_sse import ServerSentEvent
+from jobclient import all_losses, body, read_events
 from servers import Server, submit, wait_final, wait_for
 
 SIZES = {"batch_size": 16, "d_in": 16, "hidden": 8, "d_out": 4}
@@ -215,3 +217,25 @@ def test_a_queued_job_pauses_at_once_and_resumes_from_step_0(client: httpx.Clien
     assert client.post(f"/v1/jobs/{queued}/resume").status_code == 202
     assert wait_final(client, queued)["status"] == "succeeded"
     assert all_losses(client, queued)[0] == list(range(30))
+
+
+def test_the_stream_says_paused_stays_open_and_carries_every_step_once(server: Server) -> None:
+    steps = 6_000
+    with server.client() as reader, server.client() as control:
+        job_id = submit(reader, "tensors", hp={**SIZES, "steps": steps}, seed=8, threads=1)["id"]
+        done: set[str] = set()
+
+        def on_event(event: ServerSentEvent) -> None:
+            data = json.loads(event.data)
+            if event.event == "loss" and data["step"] >= 20 and "pause" not in done:
+                done.add("pause")
+                assert control.post(f"/v1/jobs/{job_id}/pause").status_code == 202
+            if event.event == "status" and data["status"] == "paused" and "resume" not in done:
+                done.add("resume")
+                assert control.post(f"/v1/jobs/{job_id}/resume").status_code == 202
+
+        stream = read_events(reader, job_id, on_event=on_event)
+    statuses = [s["status"] for s in stream.statuses]
+    assert statuses.count("paused") == 1 and statuses[-1] == "succeeded", statuses
+    assert statuses.index("paused") < statuses.index("queued", statuses.index("paused"))
+    assert stream.steps == list(range(steps))
