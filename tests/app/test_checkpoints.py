@@ -239,3 +239,28 @@ def test_the_stream_says_paused_stays_open_and_carries_every_step_once(server: S
     assert statuses.count("paused") == 1 and statuses[-1] == "succeeded", statuses
     assert statuses.index("paused") < statuses.index("queued", statuses.index("paused"))
     assert stream.steps == list(range(steps))
+
+
+def test_a_sweep_pauses_and_resumes_every_run(client: httpx.Client) -> None:
+    payload = {
+        "variant": "numpy",
+        "hyperparameters": {**SIZES, "steps": 1_000_000},
+        "grid": {"learning_rate": [1e-7, 2e-7]},
+        "seed": 1,
+        "fuse": False,
+    }
+    created = client.post("/v1/sweeps", json=payload)
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+
+    def counts() -> dict[str, int]:
+        return dict(client.get(f"/v1/sweeps/{sweep_id}").json()["counts"])
+
+    wait_for(lambda: counts()["running"] == 2, 60)
+    assert client.post(f"/v1/sweeps/{sweep_id}/pause").status_code == 202
+    wait_for(lambda: counts()["paused"] == 2, 60)
+    assert client.post(f"/v1/sweeps/{sweep_id}/resume").status_code == 202
+    wait_for(lambda: counts()["paused"] == 0, 60)
+    assert client.post(f"/v1/sweeps/{sweep_id}/cancel").status_code == 202
+    wait_for(lambda: counts()["cancelled"] == 2, 60)
+    assert client.post(f"/v1/sweeps/{sweep_id}/pause").status_code == 409

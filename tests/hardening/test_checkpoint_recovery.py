@@ -36,6 +36,9 @@ def test_kill_9_then_restart_goes_on_from_the_last_checkpoint(
     body = {"hp": HP, "seed": 9, "device": "cpu", "threads": 1, "checkpoint_every": EVERY}
     with first.client() as client:
         job_id = submit(client, "tensors", **body)["id"]
+        # queued behind it on the one worker, then paused: it waits for a resume, restarts or not
+        waiting = submit(client, "numpy", hp={**HP, "steps": 50}, seed=1)["id"]
+        assert client.post(f"/v1/jobs/{waiting}/pause").json()["status"] == "paused"
 
         def two_checkpoints() -> bool:
             items = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"]
@@ -63,6 +66,9 @@ def test_kill_9_then_restart_goes_on_from_the_last_checkpoint(
         theirs = client.get(f"/v1/jobs/{reference}/losses", params={"limit": 100_000}).json()
         assert mine["steps"] == list(range(HP["steps"]))
         assert mine["losses"] == theirs["losses"]  # bit for bit
+        assert client.get(f"/v1/jobs/{waiting}").json()["status"] == "paused"
+        assert client.post(f"/v1/jobs/{waiting}/resume").status_code == 202
+        assert wait_final(client, waiting)["step"] == 50
     assert second.stored_steps(job_id) == (HP["steps"], HP["steps"], 0, HP["steps"] - 1)
 
 
