@@ -43,6 +43,7 @@ _STORE_UNWRITABLE: dict[str, Any] = {
         201: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {}}}},
         413: {"description": "The body is over 1 MiB."},
         400: {"description": "The body is not UTF-8 text."},
+        404: {"description": "A fork's `from.job_id` names no job."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
         429: {"description": "The queue is full; see Retry-After."},
         503: _STORE_UNWRITABLE,
