@@ -16,14 +16,11 @@ HP = {"batch_size": 16, "d_in": 16, "hidden": 8, "d_out": 4, "steps": 30_000}
 EVERY = 2_000
 
 
-def steps_trained(client: httpx.Client, variant: str) -> float:
-    """trainwire_steps_total of the variant on the CPU: the steps this server's workers ran."""
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """A sample of the server's /metrics (0 where it has none yet)."""
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == "trainwire_steps_total" and sample.labels == {
-                "variant": variant,
-                "device": "cpu",
-            }:
+            if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
 
@@ -59,7 +56,8 @@ def test_kill_9_then_restart_goes_on_from_the_last_checkpoint(
         rerun = wait_final(client, job_id, timeout=120)
         assert rerun["status"] == "succeeded" and rerun["attempts"] == 2
         # from the checkpoint: the steps before it were not trained again
-        assert steps_trained(client, "tensors") == HP["steps"] - newest
+        trained = metric(client, "trainwire_steps_total", variant="tensors", device="cpu")
+        assert trained == HP["steps"] - newest
         reference = submit(client, "tensors", **{**body, "checkpoint_every": 0})["id"]
         wait_final(client, reference, timeout=120)
         mine = client.get(f"/v1/jobs/{job_id}/losses", params={"limit": 100_000}).json()
@@ -91,6 +89,7 @@ def test_a_full_disk_fails_checkpoints_not_the_job(
             failing = wait_for(lambda: (j := get())["checkpoint_error"] and j, timeout=90)
             assert failing["status"] == "running"
             assert client.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"] == []
+            assert metric(client, "trainwire_checkpoint_failures_total") >= 1
             resize(16 << 20)
             # the next one goes through, and the job's object says so
             wait_for(lambda: get()["checkpoint_error"] is None, timeout=90)
