@@ -125,20 +125,9 @@ class JobService:
     async def submit(self, req: JobCreate) -> Job:
         if req.from_ is not None:
             return await self._fork(req)
-        variant = VARIANTS[req.variant]
-        try:
-            hp = parse_hyperparameters(
-                variant.hyperparameters, req.hyperparameters, req.variant, self.settings.limits
-            )
-        except HyperparameterError as exc:
-            raise InvalidFields(
-                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
-            ) from None
+        hp = self._hyperparameters(req.variant, req.hyperparameters)
         device = self._device(req.device, req.variant)
-        if req.threads is not None and req.threads > usable_cores():
-            raise InvalidField(
-                ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
-            )
+        _check_threads(req.threads)
         self.store.check_writable()
         with self.queue_room(1):
             row = await asyncio.wrap_future(
@@ -164,6 +153,17 @@ class JobService:
             self._enqueue(row, hp, device)
         return row.to_job()
 
+    def _hyperparameters(self, variant: str, given: dict[str, Any]) -> Hyperparameters:
+        """The variant's hyperparameters, resolved and within the limits; 422 naming a field."""
+        try:
+            return parse_hyperparameters(
+                VARIANTS[variant].hyperparameters, given, variant, self.settings.limits
+            )
+        except HyperparameterError as exc:
+            raise InvalidFields(
+                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
+            ) from None
+
     def _checkpoint_every(self, req: JobCreate) -> int:
         if req.checkpoint_every is not None:
             return req.checkpoint_every
@@ -187,18 +187,7 @@ class JobService:
                 ("body", "from", "step"),
                 f"job {parent.id} has no checkpoint of step {step}; it has {have}",
             )
-        variant = VARIANTS[req.variant]
-        try:
-            hp = parse_hyperparameters(
-                variant.hyperparameters,
-                {**parent.hyperparameters, **req.hyperparameters},
-                req.variant,
-                self.settings.limits,
-            )
-        except HyperparameterError as exc:
-            raise InvalidFields(
-                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
-            ) from None
+        hp = self._hyperparameters(req.variant, {**parent.hyperparameters, **req.hyperparameters})
         for name in SHAPE_FIELDS:
             if getattr(hp, name) != parent.hyperparameters.get(name):
                 raise InvalidField(
@@ -212,10 +201,7 @@ class JobService:
             )
         device = self._device(req.device, req.variant)
         threads = req.threads if req.threads is not None else recorded_threads(parent.environment)
-        if threads is not None and threads > usable_cores():
-            raise InvalidField(
-                ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
-            )
+        _check_threads(threads)
         self.store.check_writable()
         job_id = new_job_id()
         source = checkpoint_path(self.checkpoint_root / parent.id, step)
@@ -424,6 +410,13 @@ class JobService:
         more = len(rows) > limit
         rows = rows[:limit]
         return [r.to_job() for r in rows], encode_cursor(rows[-1].pk) if more else None
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads > usable_cores():
+        raise InvalidField(
+            ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
+        )
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
