@@ -351,7 +351,11 @@ class LocalBackend(FusedGroupServing, Backend):
     ) -> Finished | None:
         """Wait until the device has room for the job; a Finished if it must not run."""
         need = item.bytes_needed
+        pause = item.pause if isinstance(item, _Queued) else None
         while not item.cancel.is_set():
+            if pause is not None and pause.is_set():  # nothing ran: paused with no checkpoint
+                status = RunOutcome.interrupted if self._stopping else RunOutcome.paused
+                return Finished(item.job_id, status, 0)
             seen = child.memory() if child is not None else None
             free, total = seen or torch.cuda.mem_get_info(torch.device(device))
             if need > total:
