@@ -5,7 +5,9 @@ after-commit callback publishes it on the event hub (persist first, then notify)
 - `Started`: the job is running, with the environment of the process that trains it.
 - `LossBatch`: the losses, made strict (a non-finite loss becomes None here, once), minus the
   steps a rerun recomputes that the store already has.
-- `Finished`: the final status (or back to `queued` when a shutdown interrupted it).
+- `Checkpointed`: the checkpoint listed (the oldest beyond the newest K dropped, files too), or
+  the job's `checkpoint_error` when it could not be written.
+- `Finished`: the final status (or back to `queued` when a shutdown interrupted it, or `paused`).
 
 The jobs in flight are the consumer's own table (`admit` before a job is handed to a backend):
 the store's key of each, how many steps it has stored, and who waits for its end.
@@ -14,6 +16,7 @@ the store's key of each, how many steps it has stored, and who waits for its end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -21,12 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from app.hub import EventHub
 from app.metrics import JobMetrics
 from app.store import JobRow, Store
+from app.store.rows import CheckpointRow
 from trainwire.jobs import (
+    Checkpointed,
     ErrorCode,
     Finished,
     JobStatus,
@@ -36,6 +42,7 @@ from trainwire.jobs import (
     WorkerMessage,
 )
 from workers.backend import Backend
+from workers.checkpoints import checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class _InFlight:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     variant: str = ""
     steps_counter: Any = None  # trainwire_steps_total of its variant and device, from Started
+    steps: int = 0  # the job's last step: its final checkpoint is kept
+    checkpoint_error: bool = False  # the job's object says a checkpoint failed
 
 
 class MessageConsumer:
@@ -80,13 +89,20 @@ class MessageConsumer:
         self._thread: threading.Thread | None = None
         self._draining = threading.Event()
         self.seconds_per_step: float | None = None  # running mean over finished runs
+        self.checkpoints_kept = 3  # newest checkpoints of a job kept, besides its final one
 
     # -- the service's side -----------------------------------------------------------------
     def admit(self, row: JobRow, recovered: bool = False) -> None:
         """Expect messages of this job (call before handing it to the backend); `recovered`:
         submitted before this process started (not counted as submitted again)."""
         with self._lock:
-            self._jobs[row.id] = _InFlight(row.pk, row.step, variant=row.variant)
+            self._jobs[row.id] = _InFlight(
+                row.pk,
+                row.step,
+                variant=row.variant,
+                steps=row.steps,
+                checkpoint_error=row.checkpoint_error is not None,
+            )
         if not recovered:
             self.metrics.submitted(row.variant)
 
@@ -152,6 +168,8 @@ class MessageConsumer:
             self._losses(message, job)
         elif isinstance(message, Started):
             self._started(message, job)
+        elif isinstance(message, Checkpointed):
+            self._checkpointed(message, job)
         else:
             self._finished(message, job)
 
@@ -193,6 +211,28 @@ class MessageConsumer:
         job.lost_write = f"storing its losses failed: {exc}"[:500]
         self.backend.cancel(job_id)
 
+    def _checkpointed(self, message: Checkpointed, job: _InFlight) -> None:
+        if message.error is not None:
+            self.metrics.checkpoint_failed()
+            job.checkpoint_error = True
+            self.store.update_job(
+                job.pk, checkpoint_error=f"step {message.step}: {message.error}"[:500]
+            )
+            return
+        self.metrics.checkpoint_written(message.bytes)
+        folder = Path(message.path).parent
+        row = CheckpointRow(job.pk, message.step, message.bytes, message.sha256, utcnow(message.at))
+
+        def remove(dropped: list[int]) -> None:
+            for step in dropped:
+                with contextlib.suppress(OSError):
+                    (folder / checkpoint_name(step)).unlink()
+
+        self.store.add_checkpoint(row, self.checkpoints_kept, job.steps, after=remove)
+        if job.checkpoint_error:
+            job.checkpoint_error = False
+            self.store.update_job(job.pk, checkpoint_error=None)
+
     def _finished(self, message: Finished, job: _InFlight) -> None:
         job_id = message.job_id
         if message.status == RunOutcome.interrupted:
@@ -200,6 +240,14 @@ class MessageConsumer:
             self.store.update_job(
                 job.pk,
                 status=JobStatus.queued.value,
+                after=self.status_publisher(job_id, final=False, then_release=job_id),
+            )
+            return
+        if message.status == RunOutcome.paused and job.lost_write is None:
+            # its state is checkpointed: a resume queues it again
+            self.store.update_job(
+                job.pk,
+                status=JobStatus.paused.value,
                 after=self.status_publisher(job_id, final=False, then_release=job_id),
             )
             return

@@ -27,6 +27,24 @@ class JobNotFinal(Exception):
         super().__init__(f"job {job_id} is {status}; cancel it first")
 
 
+class JobStateConflict(Exception):
+    """The job is not in a state the command applies to (pause, resume)."""
+
+    def __init__(self, job_id: str, status: str, wanted: str):
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is {status}; {wanted}")
+
+
+class CheckpointNotFound(JobNotFound):
+    """The job has no checkpoint of this step (answered as a 404)."""
+
+    def __init__(self, job_id: str, step: int):
+        self.job_id = job_id
+        self.step = step
+        Exception.__init__(self, f"job {job_id} has no checkpoint of step {step}")
+
+
 class InvalidField(Exception):
     """A request value that is wrong for a reason only the service can see."""
 

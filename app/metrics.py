@@ -90,8 +90,31 @@ class JobMetrics:
             registry=registry,
         )
 
+        self.checkpoints_total = Counter(
+            "trainwire_checkpoints",
+            "Checkpoints written (durably, and listed).",
+            registry=registry,
+        )
+        self.checkpoint_failures_total = Counter(
+            "trainwire_checkpoint_failures",
+            "Checkpoints that could not be written (the job went on).",
+            registry=registry,
+        )
+        self.checkpoint_bytes_total = Counter(
+            "trainwire_checkpoint_bytes",
+            "Bytes of the checkpoints written.",
+            registry=registry,
+        )
+
     def submitted(self, variant: str) -> None:
         self.submitted_total.labels(variant).inc()
+
+    def checkpoint_written(self, size: int) -> None:
+        self.checkpoints_total.inc()
+        self.checkpoint_bytes_total.inc(size)
+
+    def checkpoint_failed(self) -> None:
+        self.checkpoint_failures_total.inc()
 
     def steps_counter(self, variant: str, device: str) -> Any:
         """The steps counter of one job's variant and device: looked up once per run, then

@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.consumer import MessageConsumer, utcnow
 from app.errors import (
+    CheckpointNotFound,
     InvalidField,
     InvalidFields,
     JobFinal,
     JobNotFinal,
     JobNotFound,
+    JobStateConflict,
     KeyResourceGone,
     QueueFull,
 )
@@ -36,11 +41,13 @@ from app.pagination import decode_cursor, draw_seed, encode_cursor, is_job_id, n
 from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
 from app.store.idempotency import Claim, Claimed
+from app.store.rows import CheckpointRow
 from app.waiting import explain
 from trainwire.hyperparameters import Hyperparameters
-from trainwire.jobs import JobSpec, JobStatus
-from trainwire.models import Job, JobCreate
+from trainwire.jobs import CheckpointPlan, CheckpointRef, JobSpec, JobStatus
+from trainwire.models import CheckpointInfo, Job, JobCreate
 from workers.backend import Backend, DeviceUnavailable
+from workers.checkpoints import checkpoint_path
 from workers.hyperparameters import HyperparameterError, parse_hyperparameters
 from workers.threads import recorded_threads
 from workers.variants import VARIANTS
@@ -63,6 +70,9 @@ WAITING_RUNNING_READ = 1000
 
 # seconds per step assumed for Retry-After before any job has finished (a tutorial-sized step)
 DEFAULT_SECONDS_PER_STEP = 0.001
+
+# what a fork may not change: the shapes of the state it starts from (and the seed: x and y)
+SHAPE_FIELDS = ("batch_size", "d_in", "hidden", "d_out", "dtype")
 
 
 async def find_job(store: Store, job_id: str) -> JobRow:
@@ -89,6 +99,8 @@ class JobService:
         self.hub = hub
         self.backend = backend
         self.consumer = MessageConsumer(backend, store, hub, asyncio.get_running_loop(), metrics)
+        self.consumer.checkpoints_kept = settings.checkpoints_kept
+        self.checkpoint_root = settings.checkpoint_root()
         self._inserting = 0  # submissions between their room check and their enqueue
         self.ready = False
         # at start, each takes the recovered jobs it queues itself and returns the others
@@ -111,7 +123,9 @@ class JobService:
                 log.warning(
                     "job %s waits for a %s worker, which this server does not run", row.id, device
                 )
-            self._enqueue(row, hp, device, recovered=True)
+            # from its newest checkpoint whose steps before it are all stored
+            resume = self.store.latest_checkpoint(row.pk, row.step)
+            self._enqueue(row, hp, device, recovered=True, resume=resume)
         self.consumer.start()
         self.backend.start()
         self.ready = True
@@ -130,25 +144,17 @@ class JobService:
 
     # -- commands -------------------------------------------------------------------------------
     async def submit(self, req: JobCreate, idempotency_key: str | None = None) -> Submitted[Job]:
-        """Store and queue a job. With an idempotency key that an earlier request holds:
-        nothing new, that request's job (`Submitted.replayed`)."""
+        """Store and queue a job (a fork: from its parent's checkpoint). With an idempotency
+        key that an earlier request holds: nothing new, that request's job
+        (`Submitted.replayed`)."""
         claim = self.claim("jobs", idempotency_key, req)
         if claim is not None and (earlier := await run_in_threadpool(self.store.find_claim, claim)):
             return Submitted(await self.replay(claim, earlier, self.get), replayed=True)
-        variant = VARIANTS[req.variant]
-        try:
-            hp = parse_hyperparameters(
-                variant.hyperparameters, req.hyperparameters, req.variant, self.settings.limits
-            )
-        except HyperparameterError as exc:
-            raise InvalidFields(
-                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
-            ) from None
+        if req.from_ is not None:
+            return await self._fork(req, claim)
+        hp = self._hyperparameters(req.variant, req.hyperparameters)
         device = self._device(req.device, req.variant)
-        if req.threads is not None and req.threads > usable_cores():
-            raise InvalidField(
-                ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
-            )
+        _check_threads(req.threads)
         self.store.check_writable()
         with self.queue_room(1):
             row = await asyncio.wrap_future(
@@ -167,6 +173,7 @@ class JobService:
                         "attempts": 0,
                         # a pinned thread count is the run's from the start (workers.threads)
                         "environment": None if req.threads is None else {"threads": req.threads},
+                        "checkpoint_every": self._checkpoint_every(req),
                     },
                     claim,
                 )
@@ -203,6 +210,91 @@ class JobService:
         except JobNotFound:
             raise KeyResourceGone(claim.key, earlier.resource_id) from None
 
+    def _hyperparameters(self, variant: str, given: dict[str, Any]) -> Hyperparameters:
+        """The variant's hyperparameters, resolved and within the limits; 422 naming a field."""
+        try:
+            return parse_hyperparameters(
+                VARIANTS[variant].hyperparameters, given, variant, self.settings.limits
+            )
+        except HyperparameterError as exc:
+            raise InvalidFields(
+                [{**e, "loc": ("body", "hyperparameters", *e["loc"])} for e in exc.errors]
+            ) from None
+
+    def _checkpoint_every(self, req: JobCreate) -> int:
+        if req.checkpoint_every is not None:
+            return req.checkpoint_every
+        return self.settings.checkpoint_every
+
+    async def _fork(self, req: JobCreate, claim: Claim | None) -> Submitted[Job]:
+        """A job that starts from another job's checkpoint (see docs/checkpoints.md)."""
+        assert req.from_ is not None
+        parent = await find_job(self.store, req.from_.job_id)
+        step = req.from_.step
+        if req.variant != parent.variant:
+            raise InvalidField(("body", "variant"), f"must be {parent.variant!r}, the parent's")
+        if req.seed is not None and req.seed != parent.seed:
+            raise InvalidField(
+                ("body", "seed"), f"must be {parent.seed} or absent: x and y come from the seed"
+            )
+        start = await run_in_threadpool(self.store.get_checkpoint, parent.pk, step)
+        if start is None:
+            have = [c.step for c in await run_in_threadpool(self.store.list_checkpoints, parent.pk)]
+            raise InvalidField(
+                ("body", "from", "step"),
+                f"job {parent.id} has no checkpoint of step {step}; it has {have}",
+            )
+        hp = self._hyperparameters(req.variant, {**parent.hyperparameters, **req.hyperparameters})
+        for name in SHAPE_FIELDS:
+            if getattr(hp, name) != parent.hyperparameters.get(name):
+                raise InvalidField(
+                    ("body", "hyperparameters", name),
+                    f"a fork keeps the shapes of its checkpoint: {name} must be "
+                    f"{parent.hyperparameters.get(name)!r}",
+                )
+        if hp.steps <= step:
+            raise InvalidField(
+                ("body", "hyperparameters", "steps"), f"must be more than from.step ({step})"
+            )
+        device = self._device(req.device, req.variant)
+        threads = req.threads if req.threads is not None else recorded_threads(parent.environment)
+        _check_threads(threads)
+        self.store.check_writable()
+        job_id = new_job_id()
+        source = checkpoint_path(self.checkpoint_root / parent.id, step)
+        target = checkpoint_path(self.checkpoint_root / job_id, step)
+        # the fork's own copy: it starts (and recovers) from it even once the parent is gone
+        try:
+            await run_in_threadpool(_link_or_copy, source, target)
+        except OSError as exc:
+            raise InvalidField(
+                ("body", "from", "step"), f"the checkpoint of step {step} cannot be read: {exc}"
+            ) from None
+        values: dict[str, Any] = {
+            "id": job_id,
+            "variant": req.variant,
+            "label": req.label,
+            "hyperparameters": hp.model_dump(),
+            "seed": parent.seed,
+            "device": req.device,
+            "status": JobStatus.queued.value,
+            "steps": hp.steps,
+            "created_at": utcnow(),
+            "attempts": 0,
+            "environment": None if threads is None else {"threads": threads},
+            "checkpoint_every": self._checkpoint_every(req),
+            "forked_from_job": parent.id,
+            "forked_from_step": step,
+        }
+        with self.queue_room(1):
+            row = await asyncio.wrap_future(self.store.insert_fork(values, parent.pk, start, claim))
+            if isinstance(row, Claimed):  # an earlier request took the key meanwhile
+                assert claim is not None
+                return Submitted(await self.replay(claim, row, self.get), replayed=True)
+            own = CheckpointRow(row.pk, step, start.bytes, start.sha256, start.created_at)
+            self._enqueue(row, hp, device, resume=own)
+        return Submitted(row.to_job())
+
     @contextmanager
     def queue_room(self, jobs: int) -> Iterator[None]:
         """Hold room in the queue for `jobs` jobs while they are stored and queued; QueueFull
@@ -224,12 +316,29 @@ class JobService:
             raise InvalidField(("body", "device"), str(exc)) from None
 
     def _enqueue(
-        self, row: JobRow, hp: Hyperparameters, device: str, recovered: bool = False
+        self,
+        row: JobRow,
+        hp: Hyperparameters,
+        device: str,
+        recovered: bool = False,
+        resume: CheckpointRow | None = None,
     ) -> None:
         self.consumer.admit(row, recovered=recovered)
         threads = recorded_threads(row.environment)  # pinned, or what an earlier run used
+        folder = self.checkpoint_root / row.id
+        every = (
+            self.settings.checkpoint_every if row.checkpoint_every is None else row.checkpoint_every
+        )
+        ref = None
+        if resume is not None:
+            ref = CheckpointRef(
+                str(checkpoint_path(folder, resume.step)), resume.step, resume.sha256
+            )
+        plan = CheckpointPlan(str(folder), every, ref)
         self.backend.submit(
-            JobSpec(row.variant, hp, row.seed, device, job_id=row.id, threads=threads)
+            JobSpec(
+                row.variant, hp, row.seed, device, job_id=row.id, threads=threads, checkpoint=plan
+            )
         )
 
     def retry_after(self) -> int:
@@ -270,6 +379,69 @@ class JobService:
             raise JobFinal(job_id, row.status)
         return updated.to_job()
 
+    async def pause(self, job_id: str) -> Job:
+        row = await find_job(self.store, job_id)
+        if row.status not in (JobStatus.queued, JobStatus.running):
+            raise JobStateConflict(job_id, row.status, "only a queued or running job pauses")
+        self.store.check_writable()
+        where = self.backend.pause(job_id)
+        if where == "running":  # it checkpoints and stops before its next step; its stream says
+            return row.to_job()
+        if where is None:
+            # it ends or starts meanwhile, or it is a run of a fused sweep (which goes on)
+            raise JobStateConflict(job_id, row.status, "it cannot be paused now; try again")
+        updated = await asyncio.wrap_future(
+            self.store.update_job(
+                row.pk,
+                status=JobStatus.paused.value,
+                after=self.consumer.status_publisher(job_id, final=False),
+            )
+        )
+        self.consumer.forget(job_id)
+        if updated is None:
+            row = await find_job(self.store, job_id)
+            raise JobFinal(job_id, row.status)
+        return updated.to_job()
+
+    async def resume(self, job_id: str) -> Job:
+        row = await find_job(self.store, job_id)
+        if row.status != JobStatus.paused:
+            raise JobStateConflict(job_id, row.status, "only a paused job resumes")
+        self.store.check_writable()
+        hp = VARIANTS[row.variant].hyperparameters.model_validate(row.hyperparameters)
+        device = self._device(row.device, row.variant)
+        resume = await run_in_threadpool(self.store.latest_checkpoint, row.pk, row.step)
+        with self.queue_room(1):
+            updated = await asyncio.wrap_future(
+                self.store.update_job(
+                    row.pk,
+                    status=JobStatus.queued.value,
+                    after=self.consumer.status_publisher(job_id, final=False),
+                )
+            )
+            if updated is None:
+                row = await find_job(self.store, job_id)
+                raise JobFinal(job_id, row.status)
+            self._enqueue(updated, hp, device, recovered=True, resume=resume)
+        return updated.to_job()
+
+    async def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
+        row = await find_job(self.store, job_id)
+        rows = await run_in_threadpool(self.store.list_checkpoints, row.pk)
+        return [
+            CheckpointInfo(step=c.step, bytes=c.bytes, sha256=c.sha256, created_at=c.created_at)
+            for c in rows
+        ]
+
+    async def checkpoint_file(self, job_id: str, step: int) -> tuple[Path, CheckpointRow]:
+        """The file of the job's checkpoint of `step`, and its row."""
+        row = await find_job(self.store, job_id)
+        found = await run_in_threadpool(self.store.get_checkpoint, row.pk, step)
+        path = checkpoint_path(self.checkpoint_root / row.id, step)
+        if found is None or not await run_in_threadpool(path.is_file):
+            raise CheckpointNotFound(job_id, step)
+        return path, found
+
     async def delete(self, job_id: str) -> None:
         row = await find_job(self.store, job_id)
         if not row.status.is_final:
@@ -277,6 +449,7 @@ class JobService:
         self.store.check_writable()
         if not await asyncio.wrap_future(self.store.delete_job(row.pk)):
             raise JobNotFound(job_id)  # a concurrent delete got there first
+        await run_in_threadpool(shutil.rmtree, self.checkpoint_root / row.id, True)
 
     # -- queries --------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
@@ -330,3 +503,30 @@ class JobService:
         rows = rows[:limit]
         jobs = await self.with_waiting([r.to_job() for r in rows])
         return jobs, encode_cursor(rows[-1].pk) if more else None
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads > usable_cores():
+        raise InvalidField(
+            ("body", "threads"), f"at most {usable_cores()}, the cores this server runs jobs on"
+        )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` holds `source`'s bytes, durably (a hard link where the filesystem allows)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return
+    except OSError:
+        tmp = target.with_name(f".{target.name}.copy.tmp")
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

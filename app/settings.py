@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from workers.hyperparameters import Limits
 
@@ -101,6 +103,21 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Silence of a job's stream after which its worker must answer."
     )
 
+    checkpoint_every: int = Field(
+        10_000,
+        ge=0,
+        description="Steps between a job's checkpoints when its request does not say (0: only "
+        "when it is paused and at its end).",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Folder of the checkpoint files (one folder per job); unset = `checkpoints` "
+        "beside the SQLite file (./data/checkpoints with another database).",
+    )
+    checkpoints_kept: int = Field(
+        3, ge=1, description="Newest checkpoints kept per job, besides its final one."
+    )
+
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
@@ -121,6 +138,15 @@ class Settings(BaseSettings):
     @cached_property
     def limits(self) -> Limits:
         return Limits(max_steps=self.max_steps, max_job_bytes=self.max_job_bytes)
+
+    def checkpoint_root(self) -> Path:
+        """Where the jobs' checkpoint folders are."""
+        if self.checkpoint_dir:
+            return Path(self.checkpoint_dir)
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return Path(url.database).parent / "checkpoints"
+        return Path("data") / "checkpoints"
 
     def cpu_worker_count(self) -> int:
         """CPU workers: as set, or one per core (at most MAX_AUTO_CPU_WORKERS)."""

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import math
+import shutil
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ from app.errors import (
     InvalidFields,
     JobFinal,
     JobNotFound,
+    JobStateConflict,
     SweepFinal,
     SweepNotFinal,
     SweepNotFound,
@@ -362,6 +364,33 @@ class SweepService:
                 await self.jobs.cancel(run.id)
         return await self.get(sweep_id)
 
+    async def pause(self, sweep_id: str) -> Sweep:
+        """Pause every queued or running run (a run of a fused group goes on: it does not
+        pause alone)."""
+        sweep, runs = await self._find(sweep_id)
+        status = sweep.to_sweep(runs).status
+        if status.is_final:
+            raise SweepFinal(sweep_id, status.value)
+        self.jobs.store.check_writable()
+        for run in runs:
+            if run.status in (JobStatus.queued, JobStatus.running):
+                with contextlib.suppress(JobFinal, JobNotFound, JobStateConflict):
+                    await self.jobs.pause(run.id)
+        return await self.get(sweep_id)
+
+    async def resume(self, sweep_id: str) -> Sweep:
+        """Resume every paused run."""
+        sweep, runs = await self._find(sweep_id)
+        status = sweep.to_sweep(runs).status
+        if status.is_final:
+            raise SweepFinal(sweep_id, status.value)
+        self.jobs.store.check_writable()
+        for run in runs:
+            if run.status == JobStatus.paused:
+                with contextlib.suppress(JobFinal, JobNotFound, JobStateConflict):
+                    await self.jobs.resume(run.id)
+        return await self.get(sweep_id)
+
     async def delete(self, sweep_id: str) -> None:
         sweep, runs = await self._find(sweep_id)
         busy = sum(1 for run in runs if not run.status.is_final)
@@ -373,6 +402,8 @@ class SweepService:
             raise SweepNotFinal(sweep_id, 1)
         if outcome == "gone":
             raise SweepNotFound(sweep_id)
+        for run in runs:  # a run resumed or recovered may have checkpoints
+            await run_in_threadpool(shutil.rmtree, self.jobs.checkpoint_root / run.id, True)
 
     # -- queries --------------------------------------------------------------------------------
     async def _find(self, sweep_id: str) -> tuple[SweepRow, list[JobRow]]:

@@ -182,6 +182,8 @@ class Server:
         if POSTGRES is not None and "TRAINWIRE_DATABASE_URL" not in env:
             self._create_database()
         env.setdefault("TRAINWIRE_DATABASE_URL", self.database_url)
+        # beside the store, also when the store is a PostgreSQL database
+        env.setdefault("TRAINWIRE_CHECKPOINT_DIR", str(self.data_dir / "checkpoints"))
         self.log_path = self.data_dir / f"server-{time.monotonic_ns()}.log"
         # the child writes to its own copy of the descriptor; ours is closed at once
         with open(self.log_path, "wb") as log:

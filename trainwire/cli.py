@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TextIO, get_args, get_origin
 
+from trainwire.checkpoint_cli import CHECKPOINT_COMMANDS, add_checkpoint_parsers
 from trainwire.client import (
     DEFAULT_URL,
     APIError,
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("--json", action="store_true", help="print JSON (a list of variants)")
 
     add_sweep_parser(sub, connection, hyperparameter_flags())
+    add_checkpoint_parsers(sub, connection, hyperparameter_flags())
 
     # listed for --help; main() hands them to app.cli before this parser sees them
     sub.add_parser("serve", help="start the HTTP service (needs the server's dependencies)")
@@ -417,6 +419,7 @@ def _jobs(tw: Client, args: argparse.Namespace) -> int:
 _STATUS_STYLE = {
     JobStatus.queued: "dim",
     JobStatus.running: "cyan",
+    JobStatus.paused: "magenta",
     JobStatus.succeeded: "green",
     JobStatus.failed: "red",
     JobStatus.cancelled: "yellow",
@@ -515,6 +518,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "delete": _delete,
     "losses": _losses,
     "sweep": lambda tw, args: run_sweep(tw, args, list(hyperparameter_flags())),
+    **CHECKPOINT_COMMANDS,
 }
 
 

@@ -40,6 +40,7 @@ from tenacity import (
     wait_random,
 )
 
+from trainwire.checkpoint_client import AsyncCheckpointCalls, CheckpointCalls
 from trainwire.models import Job, JobList, Losses, VariantInfo
 from trainwire.sweep_client import AsyncSweepCalls, RunLoss, SweepCalls, SweepUpdate
 from trainwire.sweeps import SweepList
@@ -431,7 +432,7 @@ class _Base:
         )
 
 
-class Client(SweepCalls, _Base):
+class Client(CheckpointCalls, SweepCalls, _Base):
     """The trainwire API over HTTP. A context manager; `close()` ends its connections.
 
     url: `TRAINWIRE_URL`, default http://127.0.0.1:8000; token: `TRAINWIRE_API_TOKEN`.
@@ -618,7 +619,7 @@ class Client(SweepCalls, _Base):
         raise ProtocolError("the stream ended without the job's final status")  # pragma: no cover
 
 
-class AsyncClient(AsyncSweepCalls, _Base):
+class AsyncClient(AsyncCheckpointCalls, AsyncSweepCalls, _Base):
     """`Client`'s methods, async: `await tw.submit(...)`, `async for event in tw.stream(id)`."""
 
     def __init__(

@@ -4,7 +4,8 @@ One set of names for the service, its backends, the workers and the client. Impo
 nothing here imports torch, numpy, SQLAlchemy or FastAPI (a client shares it without them).
 
 A backend turns a `JobSpec` into a stream of `WorkerMessage`s: one `Started` (with the facts
-of the process that trains it), any number of `LossBatch`es, then one `Finished`. A job taken
+of the process that trains it), any number of `LossBatch`es and `Checkpointed`s, then one
+`Finished`. A job taken
 off a backend's queue before it started gets a `Finished` alone.
 """
 
@@ -24,10 +25,12 @@ VARIANT_NAMES: tuple[str, ...] = VariantName.__args__  # type: ignore[attr-defin
 
 
 class JobStatus(StrEnum):
-    """Where a job stands; the last three are final and never change again."""
+    """Where a job stands; succeeded, failed and cancelled are final and never change again
+    (paused is not: a resume queues the job again)."""
 
     queued = "queued"
     running = "running"
+    paused = "paused"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -59,6 +62,25 @@ class RunOutcome(StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     interrupted = "interrupted"  # stopped by a shutdown: the job goes back to the queue
+    paused = "paused"  # stopped by a pause, its state checkpointed: a resume goes on from it
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint file a run starts from: the state after `step` steps (workers.checkpoints)."""
+
+    path: str
+    step: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where and how often a run writes its state, and the checkpoint it starts from."""
+
+    folder: str  # the job's own folder: <checkpoint dir>/<job id>
+    every: int = 0  # a checkpoint every this many steps; 0: only when paused and at the end
+    resume: CheckpointRef | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,8 @@ class JobSpec:
     job_id: str = ""
     # torch/BLAS threads of the run (float32 curves depend on it); None: the backend chooses
     threads: int | None = None
+    # None: the run writes no checkpoints and starts at step 0
+    checkpoint: CheckpointPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -112,4 +136,18 @@ class Finished:
     at: float = field(default_factory=time.time, compare=False)
 
 
-WorkerMessage = Started | LossBatch | Finished
+@dataclass(frozen=True)
+class Checkpointed:
+    """The run wrote its state after `step` steps to `path` (durably: it can be used now), or,
+    with `error`, could not (the run goes on; the next checkpoint tries again)."""
+
+    job_id: str
+    step: int
+    path: str
+    bytes: int = 0
+    sha256: str = ""
+    error: str | None = None
+    at: float = field(default_factory=time.time, compare=False)
+
+
+WorkerMessage = Started | LossBatch | Checkpointed | Finished

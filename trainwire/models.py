@@ -16,7 +16,11 @@ from trainwire.jobs import ErrorCode, JobStatus, VariantName
 MAX_JOB_THREADS = 1024
 
 __all__ = [
+    "CheckpointInfo",
+    "CheckpointList",
     "ErrorCode",
+    "ForkFrom",
+    "ForkOrigin",
     "Job",
     "JobCreate",
     "JobError",
@@ -30,11 +34,32 @@ __all__ = [
 ]
 
 
+class ForkFrom(BaseModel):
+    """Where a fork starts: a job's checkpoint (GET /v1/jobs/{id}/checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(max_length=64, description="The job to fork.")
+    step: int = Field(
+        ge=0,
+        le=2**53,
+        strict=True,
+        description="One of its checkpointed steps: the fork starts from its state after this "
+        "many steps, and its own first step is this one.",
+    )
+
+
+class ForkOrigin(BaseModel):
+    job_id: str
+    step: int
+
+
 class JobCreate(BaseModel):
     """A training job to run."""
 
     model_config = ConfigDict(
         extra="forbid",
+        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -79,6 +104,22 @@ class JobCreate(BaseModel):
         "starts once that many are free). Absent: chosen when the job starts, from the cores "
         "free then. Either way it is recorded in environment.threads and reused by any rerun: "
         "the curves of the torch variants depend on it.",
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        strict=True,
+        description="Write the job's state every this many steps (0: only when it is paused "
+        "and at its end). Absent: the server's default (TRAINWIRE_CHECKPOINT_EVERY). Never "
+        "changes the curve.",
+    )
+    from_: ForkFrom | None = Field(
+        None,
+        alias="from",
+        description="Fork: start from this job's checkpoint. The hyperparameters given override "
+        "the parent's (those that change a tensor's shape, and the seed, must stay); with none "
+        "changed, the steps after `step` are the parent's bit for bit.",
     )
 
     @field_validator("label")
@@ -162,6 +203,30 @@ class Job(BaseModel):
         description="While queued, why it waits and a rough estimate of when it starts (in "
         "GET answers; null otherwise, and in stream events).",
     )
+    checkpoint_every: int | None = Field(
+        None, description="Steps between its checkpoints (0: only when paused and at the end)."
+    )
+    forked_from: ForkOrigin | None = Field(
+        None, description="A fork: the job and checkpointed step it started from."
+    )
+    checkpoint_error: str | None = Field(
+        None,
+        description="Why its last checkpoint could not be written (the job goes on; the next "
+        "one tries again); null once one is written.",
+    )
+
+
+class CheckpointInfo(BaseModel):
+    step: int = Field(
+        description="The state after this many steps (the last one: the final weights)."
+    )
+    bytes: int
+    sha256: str = Field(description="Of the file's bytes (GET .../checkpoints/{step}).")
+    created_at: str
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointInfo]
 
 
 class JobList(BaseModel):

@@ -128,6 +128,7 @@ class SweepCounts(BaseModel):
 
     queued: int = 0
     running: int = 0
+    paused: int = 0
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0

@@ -11,6 +11,8 @@ Contract:
 - `cancel` takes a queued job off the queue ("queued": no message follows) or tells a running
   one to stop before its next step ("running": its `Finished` follows); None if it holds no
   such job (never submitted, or its `Finished` is already on the way).
+- `pause` is a cancel that checkpoints the job's state first (`Finished` says `paused`); a
+  backend that cannot answers None.
 - `stop` interrupts running jobs (their `Finished` says `interrupted`) and leaves the queue.
 - Messages of one job arrive in order; `next_message` may block up to `timeout` seconds, or
   until `wake_reader` is called (the consumer is stopping).
@@ -80,6 +82,12 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, job_id: str) -> CancelResult:
         """Cancel a queued or running job."""
+
+    def pause(self, job_id: str) -> CancelResult:
+        """Take a queued job off the queue ("queued": no message follows), or tell a running
+        one to checkpoint and stop before its next step ("running": its `Finished`, paused,
+        follows); None if it holds no such job or cannot pause it."""
+        return None
 
     messages: MessageQueue  # what the workers say, for the consumer
 

@@ -56,12 +56,20 @@ class _Queued:
     cancel: threading.Event = field(default_factory=threading.Event)
     threads: int | None = None  # granted when a CPU worker takes it; None: the worker's own
     child: ChildWorker | None = None  # the process that runs it, once taken: told of a cancel
+    pause: threading.Event = field(default_factory=threading.Event)
+    paused_by_user: bool = False  # else a shutdown's pause: the job goes back to the queue
 
     def stop(self) -> None:
         """Cancel the run (under the pool's lock): the flag, and the child's at once."""
         self.cancel.set()
         if self.child is not None:
             self.child.stop_current()
+
+    def pause_run(self) -> None:
+        """Stop the run at its next step with its state checkpointed (under the pool's lock)."""
+        self.pause.set()
+        if self.child is not None:
+            self.child.pause_current()
 
     @property
     def job_id(self) -> str:
@@ -214,6 +222,19 @@ class LocalBackend(FusedGroupServing, Backend):
                 return "running"
         return None
 
+    def pause(self, job_id: str) -> CancelResult:
+        with self._cond:
+            for i, item in enumerate(self._queue):
+                if isinstance(item, _Queued) and item.job_id == job_id:
+                    del self._queue[i]
+                    return "queued"
+            running = self._running.get(job_id)
+            if isinstance(running, _Queued):
+                running.paused_by_user = True
+                running.pause_run()
+                return "running"
+        return None  # not here, or a run of a fused group (which does not pause alone)
+
     def queued(self) -> int:
         with self._cond:
             return sum(len(item.job_ids) for item in self._queue)
@@ -248,7 +269,7 @@ class LocalBackend(FusedGroupServing, Backend):
             interrupted = list(self._running)
             for item in self._running.values():
                 if isinstance(item, _Queued):
-                    item.stop()
+                    item.pause_run()  # it checkpoints first: the next start goes on from there
                 else:
                     item.cancel.set()
             self._cond.notify_all()
@@ -330,7 +351,11 @@ class LocalBackend(FusedGroupServing, Backend):
     ) -> Finished | None:
         """Wait until the device has room for the job; a Finished if it must not run."""
         need = item.bytes_needed
+        pause = item.pause if isinstance(item, _Queued) else None
         while not item.cancel.is_set():
+            if pause is not None and pause.is_set():  # nothing ran: paused with no checkpoint
+                status = RunOutcome.interrupted if self._stopping else RunOutcome.paused
+                return Finished(item.job_id, status, 0)
             seen = child.memory() if child is not None else None
             free, total = seen or torch.cuda.mem_get_info(torch.device(device))
             if need > total:
@@ -401,7 +426,15 @@ class LocalBackend(FusedGroupServing, Backend):
                     if spec.threads is not None:  # what the child sets before the job runs
                         environment["threads"] = spec.threads
                     self._emit(Started(job_id, device, environment))
-                    finished = run(spec, sink, item.cancel, self._timeout_s, self._flush_seconds)
+                    finished = run(
+                        spec,
+                        sink,
+                        item.cancel,
+                        self._timeout_s,
+                        self._flush_seconds,
+                        pause=item.pause,
+                        on_checkpoint=self._emit,
+                    )
             except Exception as exc:  # the worker outlives any one job
                 log.exception("job %s failed outside its run", job_id)
                 finished = Finished(
@@ -412,7 +445,10 @@ class LocalBackend(FusedGroupServing, Backend):
                     f"{type(exc).__name__}: {exc}"[:500],
                 )
             with self._cond:
-                if self._stopping and finished.status == RunOutcome.cancelled:
+                stopped = finished.status == RunOutcome.cancelled or (
+                    finished.status == RunOutcome.paused and not item.paused_by_user
+                )
+                if self._stopping and stopped:
                     finished = replace(finished, status=RunOutcome.interrupted)
             self._emit(finished)
             self._end(item)

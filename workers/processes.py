@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome
+from trainwire.jobs import Checkpointed, ErrorCode, Finished, JobSpec, LossBatch, RunOutcome
 from workers.fused.child import FusedGroupChild, RunGroup, run_group_in_child
 from workers.fused.groups import MAX_FUSED_RUNS
 from workers.recorder import LossSink
@@ -68,7 +69,9 @@ class SharedFlag:
         return bool(self._value.value)
 
 
-def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_cancels: Any) -> None:
+def _child_main(
+    conn: Connection, cancel: Any, device: str, threads: int, run_cancels: Any, pause: Any
+) -> None:
     import os
     import signal
 
@@ -112,7 +115,17 @@ def _child_main(conn: Connection, cancel: Any, device: str, threads: int, run_ca
         def sink(first_step: int, values: list[float], job_id: str = job_id) -> None:
             conn.send(LossBatch(job_id, first_step, values))
 
-        conn.send(run_job(message.spec, sink, cancel, message.timeout_s, message.flush_seconds))
+        conn.send(
+            run_job(
+                message.spec,
+                sink,
+                cancel,
+                message.timeout_s,
+                message.flush_seconds,
+                pause=pause,
+                on_checkpoint=conn.send,  # after the losses before it, on the same pipe
+            )
+        )
         if device == "cpu" and (threads_now.current or 1) > 1:
             release_idle_threads()  # after the job's end is on its way: it has every core
 
@@ -191,6 +204,7 @@ class ChildWorker(FusedGroupChild):
         self._process: Any = None
         self._conn: Connection | None = None
         self._cancel: Any = None
+        self._pause: Any = None
         self._run_cancels: Any = None  # a fused group's cancel flags, one byte per run
         self.facts: dict[str, Any] | None = None  # device_facts() of the running child
         self.starts = 0  # child processes started: all but the first replaced one that died
@@ -198,10 +212,11 @@ class ChildWorker(FusedGroupChild):
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
         self._cancel = SharedFlag()
+        self._pause = SharedFlag()
         self._run_cancels = _CONTEXT.RawArray("b", MAX_FUSED_RUNS)
         process = _CONTEXT.Process(
             target=_child_main,
-            args=(child, self._cancel, self.device, self.threads, self._run_cancels),
+            args=(child, self._cancel, self.device, self.threads, self._run_cancels, self._pause),
             name=f"trainwire-{self.device}",
             daemon=True,
         )
@@ -255,14 +270,20 @@ class ChildWorker(FusedGroupChild):
         cancel: threading.Event,
         timeout_s: float | None,
         flush_seconds: float,
+        pause: threading.Event | None = None,
+        on_checkpoint: Callable[[Checkpointed], None] | None = None,
     ) -> Finished:
-        """Run one job in the child; the same contract as run_job. A cancel reaches the child
-        through `stop_current` (the pool calls it when it sets `cancel`), so this thread sleeps
-        in the pipe's read until the child has something to say."""
+        """Run one job in the child; the same contract as run_job. A cancel (a pause) reaches
+        the child through `stop_current` (`pause_current`), which the pool calls when it sets
+        `cancel` (`pause`), so this thread sleeps in the pipe's read until the child has
+        something to say."""
         conn = self._ensure()
         self._cancel.clear()
+        self._pause.clear()
         if cancel.is_set():  # asked before the run got here
             self._cancel.set()
+        if pause is not None and pause.is_set():
+            self._pause.set()
         conn.send(_Run(spec, timeout_s, flush_seconds))
         delivered = 0
         try:
@@ -271,6 +292,9 @@ class ChildWorker(FusedGroupChild):
                 if isinstance(message, LossBatch):
                     delivered = message.end_step
                     sink(message.first_step, message.values)
+                elif isinstance(message, Checkpointed):
+                    if on_checkpoint is not None:
+                        on_checkpoint(message)
                 else:
                     assert isinstance(message, Finished), message
                     return message
@@ -282,6 +306,12 @@ class ChildWorker(FusedGroupChild):
                 ErrorCode.internal,
                 f"the worker process died ({self._reap()})",
             )
+
+    def pause_current(self) -> None:
+        """Ask the child to checkpoint the job it runs and stop (at its next step)."""
+        flag = self._pause
+        if flag is not None:
+            flag.set()
 
     def stop_current(self) -> None:
         """Ask the child to stop the job it runs (at its next step); any thread may call it."""

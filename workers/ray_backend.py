@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainwire.jobs import ErrorCode, Finished, JobSpec, LossBatch, RunOutcome, Started
@@ -426,6 +426,8 @@ class RayBackend(Backend):
             return self._cond.wait_for(all_up, timeout)
 
     def submit(self, spec: JobSpec) -> None:
+        # no checkpoints on a cluster yet: its nodes need a shared folder (docs/checkpoints.md)
+        spec = replace(spec, checkpoint=None)
         with self._cond:
             self._queue.append(_Queued(spec))
             self._cond.notify_all()

@@ -47,21 +47,31 @@ class LossRecorder:
         device: torch.device | None = None,
         flush_seconds: float = 0.005,
         flush_steps: int = 4096,
+        start: int = 0,
     ):
+        """`start`: the first step recorded (a run that goes on from a checkpoint)."""
         self._sink = sink
         self._flush_seconds = flush_seconds
         self._flush_steps = flush_steps
         self._cuda = device is not None and device.type == "cuda"
-        self.delivered = 0  # steps handed to the sink
-        self._recorded = 0  # steps recorded (on a GPU some may still be on the device)
+        self.delivered = start  # steps handed to the sink (counted from step 0)
+        self._recorded = start  # steps recorded (on a GPU some may still be on the device)
+        self._first = start  # its loss is handed out at once
         self._last_flush = time.perf_counter()
         self._pending: list[float] = []  # CPU: host values not yet delivered
         if self._cuda:
             self._buffer: torch.Tensor | None = None  # (steps,) on the device, made lazily
             self._host: torch.Tensor | None = None  # (steps,) pinned host memory
             self._steps = steps
-            self._flushed = 0  # steps whose device-to-host copy has been issued
+            self._flushed = start  # steps whose device-to-host copy has been issued
             self._in_flight: deque[tuple[int, int, Any]] = deque()  # (start, end, event)
+
+    def restart(self, start: int) -> None:
+        """The run goes on from step `start` (its checkpoint), before any step is recorded."""
+        assert self._recorded == self.delivered == self._first, "restart before the first step"
+        self.delivered = self._recorded = self._first = start
+        if self._cuda:
+            self._flushed = start
 
     def record(self, t: int, loss: Any) -> None:
         """Record step t's loss (a float, numpy scalar or 0-d tensor, on any device)."""
@@ -77,7 +87,7 @@ class LossRecorder:
             raise Diverged(t, value)
         now = time.perf_counter()
         if (
-            t == 0
+            t == self._first
             or len(self._pending) >= self._flush_steps
             or (now - self._last_flush >= self._flush_seconds)
         ):
@@ -106,7 +116,7 @@ class LossRecorder:
         self._recorded = t + 1
         now = time.perf_counter()
         if (
-            t == 0
+            t == self._first
             or self._recorded - self._flushed >= self._flush_steps
             or (now - self._last_flush >= self._flush_seconds)
         ):

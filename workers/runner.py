@@ -7,18 +7,24 @@ around it (which device, when to stop, where the losses go) lives here.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from trainwire.jobs import ErrorCode, Finished, JobSpec, RunOutcome
+from trainwire.jobs import Checkpointed, ErrorCode, Finished, JobSpec, RunOutcome
+from workers.checkpoints import CheckpointState, CheckpointUnusable
 from workers.problem import TORCH_DTYPES, Problem
 from workers.recorder import Diverged, LossRecorder, LossSink
 from workers.variants import VARIANTS
+
+log = logging.getLogger(__name__)
+
+CheckpointSink = Callable[[Checkpointed], None]
 
 
 class CancelFlag(Protocol):
@@ -35,8 +41,16 @@ class TimedOut(Exception):
     """The job ran past its wall-clock limit; raised between steps."""
 
 
+class Paused(Exception):
+    """The job was paused; raised between steps, once its state is checkpointed."""
+
+
 class Run:
-    """What a variant sees: its problem, hyperparameters, device, the step loop and the recorder."""
+    """What a variant sees: its problem, hyperparameters, device, the step loop and the recorder.
+
+    A variant names the state its training changes once (`keep`); the step loop then starts
+    where the job's checkpoint left off and writes checkpoints when they are due (every
+    `checkpoint.every` steps, when paused, and after the last step)."""
 
     def __init__(
         self,
@@ -44,15 +58,65 @@ class Run:
         recorder: LossRecorder,
         cancel: CancelFlag,
         deadline: float | None,
+        pause: CancelFlag | None = None,
+        on_checkpoint: CheckpointSink | None = None,
     ):
         hp = spec.hyperparameters
         self.hp = hp
+        self.spec = spec
         self.device = torch.device(spec.device)
         self.dtype = TORCH_DTYPES[hp.dtype]
         self.problem = Problem(spec.seed, hp.batch_size, hp.d_in, hp.hidden, hp.d_out, hp.dtype)
         self._recorder = recorder
         self._cancel = cancel
+        self._pause = pause
         self._deadline = deadline
+        self._on_checkpoint = on_checkpoint
+        self._state: CheckpointState | None = None
+        self.start = 0  # the first step this run trains
+
+    def keep(self, **state: Any) -> None:
+        """The state the run's steps change (arrays, tensors, a module, an optimizer, a
+        random.Random); loaded in place from the job's checkpoint when it has one."""
+        self._state = CheckpointState(state)
+        plan = self.spec.checkpoint
+        if plan is None or plan.resume is None:
+            return
+        ref = plan.resume
+        try:
+            self._state.load(ref.path, ref.sha256, ref.step)
+        except CheckpointUnusable as exc:
+            # from step 0 instead: the same curve, only later (the stored steps are dropped)
+            log.warning("job %s starts at step 0: %s", self.spec.job_id, exc)
+            return
+        self.start = ref.step
+        self._recorder.restart(ref.step)
+
+    def checkpoint(self, step: int) -> None:
+        """Write the state after `step` steps; a failure is reported, never raised."""
+        plan = self.spec.checkpoint
+        if plan is None or self._state is None:
+            return
+        # every loss before `step` goes out first: the store then holds them when it lists the
+        # checkpoint (recovery starts from a checkpoint at or before the stored step)
+        self._recorder.flush()
+        identity = {
+            "job_id": self.spec.job_id,
+            "variant": self.spec.variant,
+            "seed": self.spec.seed,
+            "hyperparameters": self.hp.model_dump(),
+        }
+        try:
+            written = self._state.write(plan.folder, step, identity)
+        except Exception as exc:  # a full disk must not fail or stall the job
+            log.warning("job %s: checkpoint of step %d failed: %s", self.spec.job_id, step, exc)
+            message = Checkpointed(self.spec.job_id, step, "", error=f"{exc}"[:500])
+        else:
+            message = Checkpointed(
+                self.spec.job_id, step, written.path, written.bytes, written.sha256
+            )
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(message)
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:
@@ -60,13 +124,22 @@ class Run:
         return self.hp.batch_size, self.hp.d_in, self.hp.hidden, self.hp.d_out
 
     def steps(self) -> Iterator[int]:
-        """range(steps), checking for cancellation and the time limit before each step."""
-        for t in range(self.hp.steps):
+        """range(start, steps), checking for cancellation, a pause and the time limit before
+        each step, and writing the checkpoints that are due."""
+        plan = self.spec.checkpoint
+        every = plan.every if plan is not None else 0
+        for t in range(self.start, self.hp.steps):
             if self._cancel.is_set():
                 raise Cancelled()
+            if self._pause is not None and self._pause.is_set():
+                self.checkpoint(t)
+                raise Paused()
             if self._deadline is not None and time.monotonic() > self._deadline:
                 raise TimedOut()
+            if every and t > self.start and t % every == 0:
+                self.checkpoint(t)
             yield t
+        self.checkpoint(self.hp.steps)  # the final weights
 
     def record(self, t: int, loss: Any) -> None:
         """Hand step t's loss out (without a device sync on a GPU)."""
@@ -91,12 +164,16 @@ def run_job(
     cancel: CancelFlag | None = None,
     timeout_s: float | None = None,
     flush_seconds: float = 0.005,
+    pause: CancelFlag | None = None,
+    on_checkpoint: CheckpointSink | None = None,
 ) -> Finished:
-    """Run one job to its end and say how it ended; losses go to `sink` as they are made."""
+    """Run one job to its end and say how it ended; losses go to `sink` as they are made,
+    checkpoints to `on_checkpoint` once written. `pause`: stop before the next step with the
+    state checkpointed (RunOutcome.paused)."""
     device = torch.device(spec.device)
     recorder = LossRecorder(sink, spec.hyperparameters.steps, device, flush_seconds)
     deadline = time.monotonic() + timeout_s if timeout_s else None
-    run = Run(spec, recorder, cancel or threading.Event(), deadline)
+    run = Run(spec, recorder, cancel or threading.Event(), deadline, pause, on_checkpoint)
     train = VARIANTS[spec.variant].train
     try:
         # each job on its own CUDA stream, so concurrent jobs on one GPU don't serialise on the
@@ -122,6 +199,8 @@ def run_job(
         )
     except Cancelled:
         return Finished(spec.job_id, RunOutcome.cancelled, recorder.delivered)
+    except Paused:
+        return Finished(spec.job_id, RunOutcome.paused, recorder.delivered)
     except TimedOut:
         return Finished(
             spec.job_id,

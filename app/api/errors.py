@@ -17,6 +17,7 @@ from app.errors import (
     JobFinal,
     JobNotFinal,
     JobNotFound,
+    JobStateConflict,
     KeyResourceGone,
     QueueFull,
 )
@@ -34,6 +35,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobFinal)
     @app.exception_handler(JobNotFinal)
     @app.exception_handler(KeyResourceGone)
+    @app.exception_handler(JobStateConflict)
     async def conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import StringConstraints
 from starlette.background import BackgroundTask
 
 from app.api.deps import IdempotencyKey, LossesOf, Service, Streams, created, known_query
 from app.errors import InvalidField
 from app.stream import EventStreamResponse
-from trainwire.models import Job, JobCreate, JobList, JobStatus, Losses, VariantName
+from trainwire.models import (
+    CheckpointList,
+    Job,
+    JobCreate,
+    JobList,
+    JobStatus,
+    Losses,
+    VariantName,
+)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -58,6 +66,7 @@ _STORE_UNWRITABLE: dict[str, Any] = {
         409: {"description": "The job this Idempotency-Key created has been deleted since."},
         413: {"description": "The body is over 1 MiB."},
         400: {"description": "The body is not UTF-8 text."},
+        404: {"description": "A fork's `from.job_id` names no job."},
         422: {"description": "A field is wrong; `detail[].loc` names it."},
         429: {"description": "The queue is full; see Retry-After."},
         503: _STORE_UNWRITABLE,
@@ -130,6 +139,72 @@ async def cancel_job(job_id: str, service: Service) -> Job:
     """A queued job is cancelled at once; a running one stops before its next step (its
     stream then carries the final `cancelled` status)."""
     return await service.cancel(job_id)
+
+
+@router.post(
+    "/{job_id}/pause",
+    status_code=202,
+    summary="Pause a queued or running job",
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is neither queued nor running."},
+        503: _STORE_UNWRITABLE,
+    },
+)
+async def pause_job(job_id: str, service: Service) -> Job:
+    """A queued job is paused at once; a running one stops before its next step with its state
+    checkpointed (its stream then carries the `paused` status, and stays open)."""
+    return await service.pause(job_id)
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=202,
+    summary="Resume a paused job",
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The job is not paused."},
+        429: {"description": "The queue is full; see Retry-After."},
+        503: _STORE_UNWRITABLE,
+    },
+)
+async def resume_job(job_id: str, service: Service) -> Job:
+    """Queued again; it goes on from its newest checkpoint, and its curve is that of the job
+    that never stopped, bit for bit."""
+    return await service.resume(job_id)
+
+
+@router.get("/{job_id}/checkpoints", summary="A job's checkpoints", responses=_NOT_FOUND)
+async def list_checkpoints(job_id: str, service: Service) -> CheckpointList:
+    """Its saved states, in step order: the newest few (TRAINWIRE_CHECKPOINTS_KEPT) and the
+    final one (step = steps: the trained weights)."""
+    return CheckpointList(items=await service.checkpoints(job_id))
+
+
+@router.get(
+    "/{job_id}/checkpoints/{step}",
+    summary="A checkpoint's safetensors file",
+    response_class=FileResponse,
+    responses={
+        404: {"description": "No job with this id, or no checkpoint of this step."},
+        200: {
+            "description": "The safetensors file; `X-Checkpoint-SHA256` is its sha256.",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def get_checkpoint(
+    job_id: str,
+    service: Service,
+    step: Annotated[int, Path(ge=0, le=MAX_STEP)],
+) -> FileResponse:
+    path, row = await service.checkpoint_file(job_id, step)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{job_id}-{step}.safetensors",
+        headers={"X-Checkpoint-SHA256": row.sha256, "ETag": f'"{row.sha256}"'},
+    )
 
 
 @router.delete(

@@ -120,6 +120,29 @@ async def cancel_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
     return await sweeps.cancel(sweep_id)
 
 
+@router.post(
+    "/{sweep_id}/pause",
+    status_code=202,
+    summary="Pause every queued or running run of a sweep",
+    responses={**_NOT_FOUND, 409: {"description": "Every run of the sweep is final."}},
+)
+async def pause_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
+    """As `POST /v1/jobs/{id}/pause` for each run (the runs of a fused group go on: they do not
+    pause alone)."""
+    return await sweeps.pause(sweep_id)
+
+
+@router.post(
+    "/{sweep_id}/resume",
+    status_code=202,
+    summary="Resume every paused run of a sweep",
+    responses={**_NOT_FOUND, 409: {"description": "Every run of the sweep is final."}},
+)
+async def resume_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
+    """As `POST /v1/jobs/{id}/resume` for each paused run."""
+    return await sweeps.resume(sweep_id)
+
+
 @router.delete(
     "/{sweep_id}",
     status_code=204,

@@ -3,7 +3,8 @@
 
 (() => {
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
-  const STATUS_RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
+  // paused ranks as running: it comes after running, and a resume shows as running again
+  const STATUS_RANK = { queued: 0, running: 1, paused: 1, succeeded: 2, failed: 2, cancelled: 2 };
   const POLL_MS = 2000;
   const JOBS_LIMIT = 50;
   const HISTORY_POINTS = 2000; // max_points asked for when a job is put on the chart

@@ -169,7 +169,7 @@
     const rows = state.order.map((id) => {
       const sweep = state.sweeps.get(id);
       const runs = sweep.jobs.length;
-      const done = runs - sweep.counts.queued - sweep.counts.running;
+      const done = runs - sweep.counts.queued - sweep.counts.running - (sweep.counts.paused || 0);
       const tr = el(
         "tr",
         { "data-sweep-id": id, "data-status": sweep.status, class: state.view && state.view.id === id ? "is-open" : "" },

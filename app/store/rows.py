@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trainwire.jobs import ErrorCode, JobStatus
-from trainwire.models import Job, JobError
+from trainwire.models import ForkOrigin, Job, JobError
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class JobRow:
     error_message: str | None = None
     attempts: int = 0
     sweep_id: str | None = None
+    checkpoint_every: int | None = None
+    forked_from_job: str | None = None
+    forked_from_step: int | None = None
+    checkpoint_error: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
@@ -70,4 +74,20 @@ class JobRow:
             error=error,
             attempts=self.attempts,
             sweep_id=self.sweep_id,
+            checkpoint_every=self.checkpoint_every,
+            forked_from=None
+            if self.forked_from_job is None
+            else ForkOrigin(job_id=self.forked_from_job, step=self.forked_from_step or 0),
+            checkpoint_error=self.checkpoint_error,
         )
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """One row of the `checkpoints` table: the state of a job after `step` steps."""
+
+    job_pk: int
+    step: int
+    bytes: int
+    sha256: str
+    created_at: str

@@ -34,11 +34,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from app.store import idempotency
-from app.store.chunks import contiguous_prefix, unpack
+from app.store.chunks import contiguous_prefix, pack, unpack
 from app.store.idempotency import Claim, Claimed
 from app.store.lock import lock_store
-from app.store.rows import JobRow
-from app.store.tables import jobs, loss_chunks
+from app.store.rows import CheckpointRow, JobRow
+from app.store.tables import checkpoints, jobs, loss_chunks
 from app.store.writer import AfterCommit, AppendLosses, Operation, Writer
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _FINAL = [s.value for s in FINAL_STATUSES]
+_UNFINISHED = [JobStatus.queued.value, JobStatus.running.value]  # paused waits for a resume
 
 # loss writes queued before `append_losses` waits: ~7 minutes of 100 ms batches of one job
 MAX_PENDING_LOSS_WRITES = 4096
@@ -196,6 +197,7 @@ class Store:
 
         def op(conn: Connection) -> bool:
             conn.execute(delete(loss_chunks).where(loss_chunks.c.job_pk == job_pk))
+            conn.execute(delete(checkpoints).where(checkpoints.c.job_pk == job_pk))
             deleted = conn.execute(
                 delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(_FINAL))
             ).rowcount
@@ -204,13 +206,13 @@ class Store:
         return self._writer.submit(op)
 
     def requeue_unfinished(self) -> list[JobRow]:
-        """At start-up: every queued or running job, back to `queued` with its `step` cut to the
-        losses stored without a gap from step 0 (anything after a gap is deleted: the rerun
-        recomputes it bit for bit). Oldest first."""
+        """At start-up: every queued or running job (not a paused one), back to `queued` with its
+        `step` cut to the losses stored without a gap from step 0 (anything after a gap is
+        deleted: the rerun recomputes it bit for bit). Oldest first."""
 
         def op(conn: Connection) -> list[JobRow]:
             pks = conn.execute(
-                select(jobs.c.pk).where(jobs.c.status.not_in(_FINAL)).order_by(jobs.c.pk)
+                select(jobs.c.pk).where(jobs.c.status.in_(_UNFINISHED)).order_by(jobs.c.pk)
             ).scalars()
             rows = []
             for pk in list(pks):
@@ -239,6 +241,89 @@ class Store:
             return rows
 
         return self._writer.submit(op).result()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def add_checkpoint(
+        self, row: CheckpointRow, keep: int, final_step: int, after: AfterCommit | None = None
+    ) -> Future[list[int]]:
+        """List a written checkpoint and drop the job's older ones beyond the newest `keep`
+        (the final one, after `final_step` steps, stays); resolves with the steps dropped."""
+
+        def op(conn: Connection) -> list[int]:
+            mine = checkpoints.c.job_pk == row.job_pk
+            conn.execute(delete(checkpoints).where(mine, checkpoints.c.step == row.step))
+            conn.execute(insert(checkpoints).values(**vars(row)))
+            steps = conn.execute(
+                select(checkpoints.c.step).where(mine).order_by(checkpoints.c.step.desc())
+            ).scalars()
+            dropped = [step for step in steps if step != final_step][keep:]
+            if dropped:
+                conn.execute(delete(checkpoints).where(mine, checkpoints.c.step.in_(dropped)))
+            return dropped
+
+        return self._writer.submit(op, after)
+
+    def list_checkpoints(self, job_pk: int) -> list[CheckpointRow]:
+        """A job's checkpoints, in step order."""
+        stmt = (
+            select(checkpoints).where(checkpoints.c.job_pk == job_pk).order_by(checkpoints.c.step)
+        )
+        with self.engine.connect() as conn:
+            return [CheckpointRow(**r) for r in conn.execute(stmt).mappings()]
+
+    def get_checkpoint(self, job_pk: int, step: int) -> CheckpointRow | None:
+        stmt = select(checkpoints).where(checkpoints.c.job_pk == job_pk, checkpoints.c.step == step)
+        with self.engine.connect() as conn:
+            found = conn.execute(stmt).mappings().first()
+            return CheckpointRow(**found) if found else None
+
+    def latest_checkpoint(self, job_pk: int, at_most: int | None = None) -> CheckpointRow | None:
+        """The job's newest checkpoint (of a step <= `at_most`), or None."""
+        stmt = select(checkpoints).where(checkpoints.c.job_pk == job_pk)
+        if at_most is not None:
+            stmt = stmt.where(checkpoints.c.step <= at_most)
+        stmt = stmt.order_by(checkpoints.c.step.desc()).limit(1)
+        with self.engine.connect() as conn:
+            found = conn.execute(stmt).mappings().first()
+            return CheckpointRow(**found) if found else None
+
+    def insert_fork(
+        self,
+        values: dict[str, Any],
+        parent_pk: int,
+        start: CheckpointRow,
+        claim: Claim | None = None,
+    ) -> Future[JobRow | Claimed]:
+        """Store a fork that starts from `start` (a checkpoint of the parent, already copied to
+        the fork's folder): its losses of steps before start.step are the parent's, its own
+        checkpoint list begins with that one."""
+
+        def op(conn: Connection) -> JobRow | Claimed:
+            if claim is not None and (earlier := idempotency.take(conn, claim, values["id"])):
+                return earlier
+            step = start.step
+            pk = conn.execute(_INSERT_JOB, {**values, "step": 0}).inserted_primary_key[0]  # type: ignore[index]
+            chunks = conn.execute(
+                select(loss_chunks.c.first_step, loss_chunks.c.end_step, loss_chunks.c.losses)
+                .where(loss_chunks.c.job_pk == parent_pk, loss_chunks.c.first_step < step)
+                .order_by(loss_chunks.c.first_step)
+            ).all()
+            copied = []
+            for first, end, blob in chunks:
+                if end > step:  # the chunk that holds step: only the steps before it
+                    end, blob = step, pack(unpack(blob, 0, step - first))
+                copied.append({"job_pk": pk, "first_step": first, "end_step": end, "losses": blob})
+            if copied:
+                conn.execute(insert(loss_chunks), copied)
+            stored = contiguous_prefix([(c["first_step"], c["end_step"]) for c in copied])
+            last = unpack(copied[-1]["losses"])[-1] if copied and stored == step else None
+            conn.execute(update(jobs).where(jobs.c.pk == pk).values(step=stored, last_loss=last))
+            conn.execute(insert(checkpoints).values(**{**vars(start), "job_pk": pk}))
+            row = _job_by_pk(conn, pk)
+            assert row is not None
+            return row
+
+        return self._writer.submit(op)
 
     # -- reads (any thread) -----------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRow | None:

@@ -1,5 +1,5 @@
-"""The store's schema: jobs, their losses in chunks of consecutive steps, and sweeps (grids of
-jobs)."""
+"""The store's schema: jobs, their losses in chunks of consecutive steps, their checkpoints, and
+sweeps (grids of jobs)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ jobs = Table(
     Column("error_message", Text),
     Column("attempts", Integer, nullable=False, default=0),
     Column("sweep_id", String(32)),  # the sweep this job is a run of (sweeps.id), or NULL
+    Column("checkpoint_every", Integer),  # steps between checkpoints; 0: on pause and at the end
+    Column("forked_from_job", String(32)),  # a fork: the job (id) and step it started from
+    Column("forked_from_step", Integer),
+    Column("checkpoint_error", Text),  # why the last checkpoint could not be written, or NULL
     Index("ix_jobs_status_pk", "status", "pk"),
     Index("ix_jobs_variant_pk", "variant", "pk"),
     Index("ix_jobs_sweep_id_pk", "sweep_id", "pk"),
@@ -60,6 +64,18 @@ loss_chunks = Table(
     Column("losses", LargeBinary, nullable=False),  # NaN where the loss was not finite
     Index("ix_loss_chunks_job_pk_end_step", "job_pk", "end_step"),
     sqlite_with_rowid=False,
+)
+
+# the saved states of a job (the files: workers.checkpoints, <checkpoint dir>/<job id>/); a row
+# is written only once its file is whole and durable
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("job_pk", Integer, ForeignKey("jobs.pk", ondelete="CASCADE"), primary_key=True),
+    Column("step", Integer, primary_key=True, autoincrement=False),  # the state after `step` steps
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
 )
 
 # A sweep's status, counts and end are read from its runs (the jobs with its id): only what

@@ -40,6 +40,7 @@ def test_each_run_of_a_sweep_equals_the_same_job_alone(client: httpx.Client) -> 
     assert sweep["counts"] == {
         "queued": 6,
         "running": 0,
+        "paused": 0,
         "succeeded": 0,
         "failed": 0,
         "cancelled": 0,

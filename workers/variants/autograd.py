@@ -21,6 +21,8 @@ def train(run: Run) -> None:
     # x, y do not need gradients; w1, w2 do (requires_grad=True)
     x, y, w1, w2 = run.problem.tensors(run.device, requires_grad=True)
 
+    run.keep(w1=w1, w2=w2)  # what the steps change, for checkpoints
+
     learning_rate = run.hp.learning_rate
     for t in run.steps():
         # Forward pass: the same operations as by hand; autograd remembers them

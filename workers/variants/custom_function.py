@@ -37,6 +37,8 @@ def train(run: Run) -> None:
 
     x, y, w1, w2 = run.problem.tensors(run.device, requires_grad=True)
 
+    run.keep(w1=w1, w2=w2)  # what the steps change, for checkpoints
+
     learning_rate = run.hp.learning_rate
     for t in run.steps():
         # To apply our Function, we use Function.apply method. We alias this as 'relu'.

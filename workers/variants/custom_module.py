@@ -40,6 +40,7 @@ def train(run: Run) -> None:
     # Loss function and an optimizer over both Linear modules' parameters
     criterion = torch.nn.MSELoss(reduction="sum")
     optimizer = torch.optim.SGD(model.parameters(), lr=run.hp.learning_rate)
+    run.keep(model=model, optimizer=optimizer)  # what the steps change, for checkpoints
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model
         y_pred = model(x)

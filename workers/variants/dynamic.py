@@ -58,6 +58,8 @@ def train(run: Run) -> None:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=run.hp.learning_rate, momentum=run.hp.momentum
     )
+    # what the steps change, for checkpoints: the depth draws' RNG too
+    run.keep(model=model, optimizer=optimizer, depth_rng=model.rng)
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model
         y_pred = model(x)

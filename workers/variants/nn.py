@@ -30,6 +30,8 @@ def train(run: Run) -> None:
     # Sum of squared errors, as in every variant
     loss_fn = torch.nn.MSELoss(reduction="sum")
 
+    run.keep(model=model)  # what the steps change, for checkpoints
+
     learning_rate = run.hp.learning_rate
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model

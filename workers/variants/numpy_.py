@@ -22,6 +22,9 @@ def train(run: Run) -> None:
     # Random input and output data, random starting weights: drawn from the run's seed
     x, y, w1, w2 = run.problem.arrays()  # (N, D_in), (N, D_out), (D_in, H), (H, D_out)
 
+    # what the steps change, for checkpoints (a resumed run goes on from its stored w1, w2)
+    run.keep(w1=w1, w2=w2)
+
     learning_rate = run.hp.learning_rate
     for t in run.steps():
         # Forward pass: compute predicted y

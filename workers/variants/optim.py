@@ -28,6 +28,7 @@ def train(run: Run) -> None:
     # Adam updates the model's parameters for us
     learning_rate = run.hp.learning_rate
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    run.keep(model=model, optimizer=optimizer)  # what the steps change, for checkpoints
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model
         y_pred = model(x)

@@ -20,6 +20,8 @@ def train(run: Run) -> None:
     # Random input and output data, random starting weights, on the run's device
     x, y, w1, w2 = run.problem.tensors(run.device)  # (N, D_in), (N, D_out), (D_in, H), (H, D_out)
 
+    run.keep(w1=w1, w2=w2)  # what the steps change, for checkpoints
+
     learning_rate = run.hp.learning_rate
     for t in run.steps():
         # Forward pass: compute predicted y
