@@ -8,12 +8,14 @@ messages come back through the consumer (app.consumer), never through this class
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +44,7 @@ from app.settings import Settings, usable_cores
 from app.store import JobRow, Store
 from app.store.idempotency import Claim, Claimed
 from app.store.rows import CheckpointRow
+from app.store.writer import Abandoned, Tentative
 from app.waiting import explain
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import CheckpointPlan, CheckpointRef, JobSpec, JobStatus
@@ -67,6 +70,12 @@ class Submitted(Generic[T]):
 
 # the running jobs read to tell a queued one why it waits (more run only on a large cluster)
 WAITING_RUNNING_READ = 1000
+
+# how often a request's write that has not committed looks at the store's state
+WRITE_POLL_SECONDS = 0.05
+
+# unknown hyperparameters beyond this many are refused by name, before any is validated
+MAX_LISTED_UNKNOWN = 50
 
 # seconds per step assumed for Retry-After before any job has finished (a tutorial-sized step)
 DEFAULT_SECONDS_PER_STEP = 0.001
@@ -157,7 +166,7 @@ class JobService:
         _check_threads(req.threads)
         self.store.check_writable()
         with self.queue_room(1):
-            row = await asyncio.wrap_future(
+            row = await self.committed(
                 self.store.insert_job(
                     {
                         "id": new_job_id(),
@@ -183,6 +192,24 @@ class JobService:
                 return Submitted(await self.replay(claim, row, self.get), replayed=True)
             self._enqueue(row, hp, device)
         return Submitted(row.to_job())
+
+    async def committed(self, write: Future[T]) -> T:
+        """A request's write, once committed. If the store cannot write (it says so, or the
+        write has not gone through in TRAINWIRE_STORE_WRITE_TIMEOUT_S), the write is given up
+        (it never happens) and StoreUnwritable answers 503 with Retry-After at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.store_write_timeout_s
+        waited = asyncio.wrap_future(write)
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(waited), WRITE_POLL_SECONDS)
+            except TimeoutError:
+                pass
+            late = not self.store.writable or loop.time() >= deadline
+            if late and isinstance(write, Tentative) and write.abandon():
+                with contextlib.suppress(Abandoned):
+                    await waited  # its outcome, read
+                raise self.store.unwritable_error()
 
     def claim(self, scope: str, key: str | None, req: BaseModel) -> Claim | None:
         """The claim of a request's idempotency key (None without one)."""
@@ -212,6 +239,20 @@ class JobService:
 
     def _hyperparameters(self, variant: str, given: dict[str, Any]) -> Hyperparameters:
         """The variant's hyperparameters, resolved and within the limits; 422 naming a field."""
+        model = VARIANTS[variant].hyperparameters
+        unknown = [name for name in given if name not in model.model_fields]
+        if len(unknown) > MAX_LISTED_UNKNOWN:  # named without validating them all, on the loop
+            raise InvalidFields(
+                [
+                    {
+                        "loc": ("body", "hyperparameters", name),
+                        "msg": f"{variant!r} does not take this hyperparameter "
+                        f"({len(unknown):,} unknown fields in all)",
+                        "type": "extra_forbidden",
+                    }
+                    for name in unknown[:MAX_LISTED_UNKNOWN]
+                ]
+            )
         try:
             return parse_hyperparameters(
                 VARIANTS[variant].hyperparameters, given, variant, self.settings.limits
@@ -287,7 +328,7 @@ class JobService:
             "forked_from_step": step,
         }
         with self.queue_room(1):
-            row = await asyncio.wrap_future(self.store.insert_fork(values, parent.pk, start, claim))
+            row = await self.committed(self.store.insert_fork(values, parent.pk, start, claim))
             if isinstance(row, Claimed):  # an earlier request took the key meanwhile
                 assert claim is not None
                 return Submitted(await self.replay(claim, row, self.get), replayed=True)
@@ -447,7 +488,7 @@ class JobService:
         if not row.status.is_final:
             raise JobNotFinal(job_id, row.status)
         self.store.check_writable()
-        if not await asyncio.wrap_future(self.store.delete_job(row.pk)):
+        if not await self.committed(self.store.delete_job(row.pk)):
             raise JobNotFound(job_id)  # a concurrent delete got there first
         await run_in_threadpool(shutil.rmtree, self.checkpoint_root / row.id, True)
 

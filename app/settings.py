@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         1 << 30, ge=1, description="Memory budget for one job's tensors, in bytes."
     )
     job_timeout_s: float = Field(3600.0, gt=0, description="Wall-clock limit of one job.")
+    store_write_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=600,
+        description="Longest a request (a submit, a delete) waits for its write to commit; "
+        "then, or as soon as the store says it cannot write, the write is given up and the "
+        "request answered 503 with Retry-After: nothing it asked for happens later.",
+    )
     idempotency_hours: float = Field(
         24.0,
         gt=0,

@@ -106,7 +106,8 @@ class SweepService:
             earlier := await run_in_threadpool(self.store.store.find_claim, claim)
         ):
             return Submitted(await self.jobs.replay(claim, earlier, self.get), replayed=True)
-        base, points = self._validate(req)
+        # a grid of a 1 MiB body is checked off the event loop (in time linear in its size)
+        base, points = await run_in_threadpool(self._validate, req)
         variant = VARIANTS[req.variant]
         try:
             device = self.jobs.backend.resolve_device(req.device, variant.devices)
@@ -160,7 +161,7 @@ class SweepService:
         ]
         self.jobs.store.check_writable()
         with self.jobs.queue_room(len(runs)):
-            made = await asyncio.wrap_future(
+            made = await self.jobs.committed(
                 self.store.insert_sweep(sweep_values, run_values, claim)
             )
             if isinstance(made, Claimed):  # an earlier request took the key meanwhile
@@ -188,13 +189,10 @@ class SweepService:
             base = None
         if not req.grid:
             errors.append(_error(("grid",), "name at least one field to sweep", "value_error"))
-        for field, values in req.grid.items():
-            errors += self._check_field(req, model, field, values)
-        if errors or base is None:
-            raise InvalidFields(errors)
+        # the size first: a grid over the limit is refused before any of its values is checked
         count = math.prod(len(values) for values in req.grid.values())
         most = self.jobs.settings.max_sweep_runs
-        if count > most:
+        if count > most and req.grid:
             sizes = " x ".join(str(len(v)) for v in req.grid.values())
             raise InvalidFields(
                 [
@@ -206,6 +204,10 @@ class SweepService:
                     )
                 ]
             )
+        for field, values in req.grid.items():
+            errors += self._check_field(req, model, field, values)
+        if errors or base is None:
+            raise InvalidFields(errors)
         fields = list(req.grid)
         points: list[tuple[Hyperparameters, int | None]] = []
         for combination in itertools.product(*req.grid.values()):
@@ -282,8 +284,8 @@ class SweepService:
                             value,
                         )
                     )
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if repeated and not errors:
+        repeated = _first_repeated(values)
+        if repeated is not None and not errors:
             errors.append(
                 _error(
                     ("grid", field),
@@ -397,7 +399,7 @@ class SweepService:
         if busy:
             raise SweepNotFinal(sweep_id, busy)
         self.jobs.store.check_writable()
-        outcome = await asyncio.wrap_future(self.store.delete_sweep(sweep_id))
+        outcome = await self.jobs.committed(self.store.delete_sweep(sweep_id))
         if outcome == "not_final":  # a run was requeued meanwhile (cannot happen today)
             raise SweepNotFinal(sweep_id, 1)
         if outcome == "gone":
@@ -454,3 +456,15 @@ class SweepService:
         more = len(found) > limit
         found = found[:limit]
         return [s for _, s in found], encode_cursor(found[-1][0]) if more else None
+
+
+def _first_repeated(values: list[Any]) -> tuple[Any] | None:
+    """The first value that equals an earlier one (as `==` does: 1, 1.0 and True are one
+    value), in one pass; None when they all differ."""
+    seen: set[Any] = set()
+    for value in values:
+        key = value if isinstance(value, int | float | str | None) else json.dumps(value)
+        if key in seen:
+            return (value,)
+        seen.add(key)
+    return None

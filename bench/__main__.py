@@ -20,6 +20,7 @@ from bench import (
     fanout,
     first_loss,
     interference,
+    loop_stall,
     memory,
     overhead,
     ray_cluster,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         small_jobs,
         memory,
         sweeps,
+        loop_stall,
         ray_cluster,
     )
 }

@@ -35,7 +35,7 @@ set -eu
 if [ "\$1" = start ]; then
     $( [ "$(id -u)" = 0 ] && echo "runuser -u postgres --" ) "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$options" >/dev/null 2>&1 || true
 else
-    $( [ "$(id -u)" = 0 ] && echo "runuser -u postgres --" ) "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    $( [ "$(id -u)" = 0 ] && echo "runuser -u postgres --" ) "$bin/pg_ctl" -D "$dir/data" -m "\${2:-fast}" -w stop >/dev/null
 fi
 CTL
 chmod +x "$dir/ctl"

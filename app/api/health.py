@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from app.store import Store
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +35,7 @@ async def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
     if service is None or not service.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
-    if not service.store.writable:
+    if not service.store.writable or not await _reachable(service.store):
         return JSONResponse(
             {"status": "unavailable", "reason": "the job store cannot write"}, status_code=503
         )
@@ -41,3 +47,16 @@ async def readyz(request: Request) -> JSONResponse:
     ready = {"status": "ready", "devices": backend.devices, "queued": backend.queued()}
     nodes = backend.nodes  # a cluster's nodes (the Ray backend)
     return JSONResponse(ready if nodes is None else {**ready, "nodes": nodes})
+
+
+PROBE_SECONDS = 2.0  # a store that does not answer a read in this long is not ready
+
+
+async def _reachable(store: Store) -> bool:
+    """Whether the database answers a read now (a server gone is noticed before a write)."""
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
+            await run_in_threadpool(store.probe)
+    except (TimeoutError, OperationalError, InterfaceError):
+        return False
+    return True

@@ -29,6 +29,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -39,7 +40,7 @@ from app.store.idempotency import Claim, Claimed
 from app.store.lock import lock_store
 from app.store.rows import CheckpointRow, JobRow
 from app.store.tables import checkpoints, jobs, loss_chunks
-from app.store.writer import AfterCommit, AppendLosses, Operation, Writer
+from app.store.writer import AfterCommit, AppendLosses, Operation, StoreUnwritable, Writer
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+CONNECT_TIMEOUT = 3  # seconds for a new connection to a database server
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -72,7 +76,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # a server that is gone answers a connect at once (refused) or within connect_timeout
+    connect_args = (
+        {"connect_timeout": CONNECT_TIMEOUT} if parsed.drivername.startswith("postgresql") else {}
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def migrate(engine: Engine) -> None:
@@ -132,10 +140,24 @@ class Store:
         with self.engine.connect() as conn:
             return idempotency.find(conn, claim)
 
-    def write(self, op: Operation, after: AfterCommit | None = None) -> Future[Any]:
+    def write(
+        self, op: Operation, after: AfterCommit | None = None, tentative: bool = False
+    ) -> Future[Any]:
         """Run `op(connection)` in the writer's next transaction; resolves with its result
-        (for the store's other tables, app.store.sweeps)."""
+        (for the store's other tables, app.store.sweeps). `tentative`: its caller may give it
+        up until it is committed (`Tentative.abandon`)."""
+        if tentative:
+            return self._writer.submit_tentative(op, after)
         return self._writer.submit(op, after)
+
+    def probe(self) -> None:
+        """A read that reaches the database (OperationalError when it cannot be reached)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def unwritable_error(self) -> StoreUnwritable:
+        """Why a write was given up: the store's state now (503 with Retry-After)."""
+        return self._writer.unwritable or StoreUnwritable(0.0, "a write did not commit in time")
 
     def insert_job(
         self, values: dict[str, Any], claim: Claim | None = None
@@ -151,7 +173,7 @@ class Store:
             pk = result.inserted_primary_key[0]  # type: ignore[index]
             return JobRow.from_mapping({**values, "pk": pk})
 
-        return self._writer.submit(op)
+        return self._writer.submit_tentative(op)
 
     def update_job(
         self,
@@ -203,7 +225,7 @@ class Store:
             ).rowcount
             return bool(deleted)
 
-        return self._writer.submit(op)
+        return self._writer.submit_tentative(op)
 
     def requeue_unfinished(self) -> list[JobRow]:
         """At start-up: every queued or running job (not a paused one), back to `queued` with its
@@ -323,7 +345,7 @@ class Store:
             assert row is not None
             return row
 
-        return self._writer.submit(op)
+        return self._writer.submit_tentative(op)
 
     # -- reads (any thread) -----------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRow | None:

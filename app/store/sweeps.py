@@ -143,7 +143,7 @@ class SweepStore:
                 rows.append(JobRow.from_mapping({**run, "pk": pk}))
             return sweep, rows
 
-        return self.store.write(op)
+        return self.store.write(op, tentative=True)
 
     def mark_cancelled(self, sweep_pk: int) -> Future[None]:
         def op(conn: Connection) -> None:
@@ -168,7 +168,7 @@ class SweepStore:
             conn.execute(delete(sweeps).where(sweeps.c.id == sweep_id))
             return "deleted"
 
-        return self.store.write(op)
+        return self.store.write(op, tentative=True)
 
     # -- reads (any thread) -----------------------------------------------------------------
     def get_sweep(self, sweep_id: str) -> tuple[SweepRow, list[JobRow]] | None:

@@ -8,6 +8,10 @@ When a commit fails because the database cannot write now (a full disk, a Postgr
 went away), the writer marks itself unwritable, says so once, and tries the same transaction
 again with a growing pause until it goes through. A write that fails for itself (not the
 database's state) is isolated: the others are committed one by one and its future fails.
+
+A request's write (a new job, a cancel) is a `Tentative`: while it is not committed its caller
+may give it up (`Tentative.abandon`), and then no try of the transaction runs it again. So a
+caller that answers 503 during an outage never has its write go through afterwards.
 """
 
 from __future__ import annotations
@@ -90,6 +94,49 @@ class AppendLosses:
 _Write = tuple[Operation, Future[Any], AfterCommit | None]
 
 
+class Abandoned(Exception):
+    """A tentative write given up by its caller before it was committed."""
+
+
+class Tentative(Future[Any]):
+    """The future of a write that its caller may give up until it is committed."""
+
+    def __init__(self, op: Operation):
+        super().__init__()
+        # not `_state`: Future's own attribute
+        self._op, self._phase, self._guard = op, "pending", threading.Lock()
+
+    def run(self, conn: Connection) -> Any:
+        """The write, in the writer's transaction; nothing once abandoned."""
+        with self._guard:
+            if self._phase == "abandoned":
+                return None
+            self._phase = "running"
+        return self._op(conn)
+
+    def rolled_back(self) -> None:
+        with self._guard:
+            if self._phase == "running":
+                self._phase = "pending"
+
+    def committed(self) -> bool:
+        """Mark it committed; False if it was abandoned (it did not run)."""
+        with self._guard:
+            if self._phase == "abandoned":
+                return False
+            self._phase = "committed"
+            return True
+
+    def abandon(self) -> bool:
+        """Give it up if no transaction holds it now; True: it will never be committed."""
+        with self._guard:
+            if self._phase != "pending":
+                return False
+            self._phase = "abandoned"
+        self.set_exception(Abandoned())
+        return True
+
+
 class Writer:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -109,6 +156,12 @@ class Writer:
         """Queue a write; the future resolves with op's result once it is committed."""
         future: Future[Any] = Future()
         self._writes.put((op, future, after))
+        return future
+
+    def submit_tentative(self, op: Operation, after: AfterCommit | None = None) -> Tentative:
+        """Queue a write that its caller may give up until it is committed."""
+        future = Tentative(op)
+        self._writes.put((future.run, future, after))
         return future
 
     def close(self) -> None:
@@ -147,6 +200,9 @@ class Writer:
                 self.observe_commit(time.perf_counter() - began)
                 break
             except Exception as exc:
+                for _, future, _after in batch:
+                    if isinstance(future, Tentative):
+                        future.rolled_back()
                 if not cannot_write_now(exc):
                     self._isolate(batch, exc)
                     return
@@ -156,12 +212,15 @@ class Writer:
                     if time.monotonic() > gave_up_at:
                         log.error("job store: %d writes not committed at shutdown", len(batch))
                         for _, future, _after in batch:
-                            future.set_exception(exc)
+                            if not future.done():
+                                future.set_exception(exc)
                         return
                 time.sleep(pause)
                 pause = min(MAX_RETRY_PAUSE, pause * 2)
         self._mark_writable()
         for (_, future, after), result in zip(batch, results, strict=True):
+            if isinstance(future, Tentative) and not future.committed():
+                continue  # given up before this try: it did nothing
             if after is not None:
                 try:
                     after(result)
@@ -213,7 +272,8 @@ class Writer:
                 self._commit([item])
             return
         log.error("job store: a write failed: %s", exc)
-        batch[0][1].set_exception(exc)
+        if not batch[0][1].done():
+            batch[0][1].set_exception(exc)
 
     def _mark_unwritable(self, exc: Exception) -> None:
         if self.unwritable is None:

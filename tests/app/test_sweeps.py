@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,6 +271,21 @@ def test_a_bad_grid_is_422_naming_the_field_and_value(
     assert response.status_code == 422, response.text
     detail = body(response)["detail"]
     assert any(e["loc"] == loc and words in e["msg"] for e in detail), detail
+
+
+def test_a_grid_as_large_as_a_body_may_be_is_refused_by_its_size(client: httpx.Client) -> None:
+    """~150,000 seeds fill a 1 MiB body: refused by the count, whatever the values (a check of
+    each value against the others first would take time quadratic in them, on the loop)."""
+    seeds = list(range(150_000))
+    while len(json.dumps({"variant": "nn", "grid": {"seed": seeds}})) > 1 << 20:
+        seeds.pop()
+    repeated = seeds[:-1] + [0]  # and a repeat at the very end
+    for grid in ({"seed": seeds}, {"seed": repeated}, {"seed": seeds, "learning_rate": [1.0]}):
+        response = client.post("/v1/sweeps", json={"variant": "nn", "grid": grid})
+        assert response.status_code == 422, response.text[:300]
+        (error,) = body(response)["detail"]
+        assert error["loc"] == ["body", "grid"] and f"{len(seeds)} runs" in error["msg"], error
+    assert client.get("/healthz").status_code == 200
 
 
 def _body(fields: dict[str, Any]) -> dict[str, Any]:

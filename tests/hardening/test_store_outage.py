@@ -124,3 +124,65 @@ def test_jobs_pause_while_the_store_cannot_write_and_finish_whole_after(
         log = server.log()
         episodes = log.count("job store writes again")
         assert 1 <= episodes <= 5 and log.count("job store cannot write") == episodes, log[-3000:]
+
+
+@contextmanager
+def store_gone(tmp_path: Path) -> Iterator[tuple[dict[str, str], Outage, Outage]]:
+    """(server settings, take the store away, bring it back), with the server idle: SQLite on
+    a small disk that a file of the test's fills up, or the PostgreSQL server stopped at once."""
+    if POSTGRES is None:
+        with small_disk(tmp_path / "disk"):
+            filler = tmp_path / "disk" / "filler"
+
+            def fill() -> None:
+                with open(filler, "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * (64 << 10))
+                            f.flush()
+                    except OSError:  # the disk is full
+                        pass
+
+            database = f"sqlite:///{tmp_path / 'disk' / 'trainwire.db'}"
+            yield {"TRAINWIRE_DATABASE_URL": database}, fill, lambda: filler.unlink()
+        return
+    if POSTGRES_CTL is None:
+        pytest.fail("TRAINWIRE_TEST_POSTGRES_CTL is not set: run under tests/with_postgres.sh")
+    try:
+        yield (
+            {},
+            lambda: subprocess.run([POSTGRES_CTL, "stop", "immediate"], check=True),
+            lambda: subprocess.run([POSTGRES_CTL, "start"], check=True),
+        )
+    finally:
+        subprocess.run([POSTGRES_CTL, "start"], check=False)
+
+
+def test_a_submit_while_the_store_is_gone_is_refused_at_once_and_never_made(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    with store_gone(tmp_path) as (settings, begin, end):
+        server = make_server(TRAINWIRE_CPU_WORKERS="1", **settings)
+        # the client gives up well before an outage that lasts: a 503 must come first
+        with server.client(timeout=15) as client:
+            before = [j["id"] for j in client.get("/v1/jobs").json()["items"]]
+            begin()
+            # the first write after the store went away: refused, not held for the outage
+            refused = client.post("/v1/jobs", json={"variant": "numpy", "label": "never"})
+            assert refused.status_code == 503, refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+            if POSTGRES is not None:  # a server gone fails /readyz's read; a full disk, writes
+                assert readiness(client) == 503
+            sweep = client.post("/v1/sweeps", json={"variant": "numpy", "grid": {"seed": [1]}})
+            assert sweep.status_code == 503, sweep.text
+            end()
+            wait_for(lambda: readiness(client) == 200, timeout=60)
+            # what the caller was told holds: neither the job nor the sweep was made later
+            after = client.get("/v1/jobs").json()["items"]
+            assert [j["id"] for j in after] == before
+            assert client.get("/v1/sweeps").json()["items"] == []
+            made = client.post(
+                "/v1/jobs", json={"variant": "numpy", "hyperparameters": {"steps": 2}}
+            )
+            assert made.status_code == 201, made.text
+            assert wait_final(client, made.json()["id"])["status"] == "succeeded"
