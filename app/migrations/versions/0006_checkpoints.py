@@ -35,7 +35,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        for name in ("checkpoint_error", "forked_from_step", "forked_from_job", "checkpoint_every"):
-            batch.drop_column(name)
     op.drop_table("checkpoints")
+    columns = ("checkpoint_error", "forked_from_step", "forked_from_job", "checkpoint_every")
+    if op.get_bind().dialect.name == "sqlite":
+        # in place (SQLite 3.35+): a batch copy of `jobs` would drop the old table, and with
+        # it, by ON DELETE CASCADE, every job's losses
+        for name in columns:
+            op.execute(f"ALTER TABLE jobs DROP COLUMN {name}")
+    else:
+        for name in columns:
+            op.drop_column("jobs", name)
