@@ -426,8 +426,9 @@ def part_gpu_vs_cpu(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in torch_variants():
         for dtype in ("float32", "float64"):
-            gpu = curve(spec(variant, ctx.device, dtype=dtype))[1]
-            cpu = curve(spec(variant, "cpu", dtype=dtype))[1]
+            steps = ctx.n(50, 10)  # the tutorial's count on the GPU
+            gpu = curve(spec(variant, ctx.device, dtype=dtype, steps=steps))[1]
+            cpu = curve(spec(variant, "cpu", dtype=dtype, steps=steps))[1]
             out[f"{variant}/{dtype}"] = first_difference(gpu, cpu)
     worst = max(v["max_rel"] for v in out.values() if v)
     return {"curves": out, "summary": f"max relative difference {worst:.2e}"}
@@ -462,7 +463,7 @@ def part_tf32(ctx: Context) -> dict[str, Any]:
         "size": size,
         **out,
         "summary": ", ".join(
-            f"{m} {out[m]['tflops']:.1f} TFLOP/s, error {out[m]['max_rel_error']:.1e}"
+            f"{m} {out[m]['tflops']:.3g} TFLOP/s, error {out[m]['max_rel_error']:.1e}"
             for m in ("tf32", "ieee")
         ),
     }
