@@ -752,8 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:
         run_part(args.part, args.dry_run, Path(args.result))
         return 0
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        print(f"gpu-check: {sys.executable} has no torch; nothing measured", file=sys.stderr)
+        return NO_CUDA
     began = datetime.now(UTC)
     if not args.dry_run and not torch.cuda.is_available():
         print(
