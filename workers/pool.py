@@ -320,7 +320,6 @@ class LocalBackend(FusedGroupServing, Backend):
                             self._running[job_id] = item
                         self._set_state("busy")
                         return item
-                self._cond.wait(timeout=1.0 if child is not None else None)
                 if not released and device != "cpu" and self._memory_waiters.get(device):
                     # another worker waits for memory this idle worker's cache may hold
                     released = True
@@ -330,6 +329,7 @@ class LocalBackend(FusedGroupServing, Backend):
                     finally:
                         self._cond.acquire()
                     continue
+                self._cond.wait(timeout=1.0 if child is not None else None)
                 if child is not None and child.exited and time.monotonic() >= next_restart:
                     self._cond.release()
                     try:

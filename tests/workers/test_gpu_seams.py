@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import torch
+from servers import wait_for
 
 from trainwire.jobs import JobSpec
 from workers.fused.batch import _exact, loss_sums, run_fused
@@ -57,6 +58,19 @@ def test_a_job_waiting_for_memory_gets_what_an_idle_workers_cache_holds() -> Non
     idle.join(timeout=60)
     assert answer == [None], "the job was not admitted"  # admitted: it may run
     assert "idle" in released and pool._memory_waiters == {"cuda:0": 0}
+
+
+def test_a_worker_that_goes_idle_while_a_job_waits_for_memory_empties_its_cache() -> None:
+    pool = LocalBackend(cpu_workers=0, jobs_per_gpu=2, cpu_threads=1, gpus=["cuda:0"])
+    released: list[str] = []
+    pool.release_cached = lambda device, child: released.append(device)
+    pool._memory_waiters["cuda:0"] = 1  # a job waits already, before this worker's job ended
+    idle = threading.Thread(target=pool._take, args=("cuda:0", None), daemon=True)
+    idle.start()
+    wait_for(lambda: released == ["cuda:0"], timeout=60)
+    pool.stop()
+    idle.join(timeout=60)
+    assert released == ["cuda:0"]  # once per idle spell, not at every wake-up
 
 
 def test_a_job_too_big_for_the_card_fails_at_once() -> None:
