@@ -42,21 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 FLUSH_SECONDS = 0.25  # the service's TRAINWIRE_FLUSH_SECONDS default
 NO_CUDA = 2
 
-# part: (seconds it may take at most on the GPU, one-line description)
+# part: (seconds it may take at most on the GPU, one-line description); 585 s in all
 PARTS: dict[str, tuple[int, str]] = {
-    "preflight": (30, "versions, GPU name, SM count, MIG, numerics settings"),
-    "tests": (100, "tests/gpu under pytest (no pytest-timeout needed)"),
+    "preflight": (20, "versions, GPU name, SM count, MIG, numerics settings"),
+    "tests": (90, "tests/gpu under pytest (no pytest-timeout needed)"),
     "sync_debug": (40, "each variant's step loop under set_sync_debug_mode('error')"),
-    "recorder": (40, "the recorder against .item(): bit for bit, cancel at k, divergence"),
-    "determinism": (70, "a job twice alone, beside 3 streams, beside 3 processes, strict"),
-    "gpu_vs_cpu": (30, "GPU vs CPU curves in float32 and float64"),
-    "tf32": (25, "TF32 vs IEEE float32 products: error and speed"),
+    "recorder": (35, "the recorder against .item(): bit for bit, cancel at k, divergence"),
+    "determinism": (60, "a job twice alone, beside 3 streams, beside 3 processes, strict"),
+    "gpu_vs_cpu": (25, "GPU vs CPU curves in float32 and float64"),
+    "tf32": (20, "TF32 vs IEEE float32 products: error and speed"),
     "fused_exactness": (80, "fused vs alone for R = 2..256, the cause isolated"),
-    "speed": (60, "steps/s: the service's path vs a no-sync loop vs .item()"),
-    "concurrency": (70, "total steps/s of 1, 2, 4, 8 jobs: threads vs child processes"),
-    "memory": (40, "device memory after 64 jobs in one child process"),
-    "oom": (30, "a device out-of-memory in a child: job fails, child survives"),
-    "fused_speed": (45, "runs/s of R runs: plain jobs vs one fused group"),
+    "speed": (55, "steps/s: the service's path vs a no-sync loop vs .item()"),
+    "concurrency": (60, "total steps/s of 1, 2, 4, 8 jobs: threads vs child processes"),
+    "memory": (35, "device memory after 64 jobs in one child process"),
+    "oom": (25, "a device out-of-memory in a child: job fails, child survives"),
+    "fused_speed": (40, "runs/s of R runs: plain jobs vs one fused group"),
 }
 
 
@@ -211,6 +211,7 @@ def pool(ctx: Context, jobs: int, processes: bool) -> Any:
         flush_seconds=FLUSH_SECONDS,
     )
     backend.start()
+    backend.wait_ready(ctx.n(60, 240))  # child processes up and warm: not in what is timed
     return backend
 
 
@@ -507,13 +508,16 @@ def _causes(ctx: Context, runs: int) -> dict[str, Any]:
 
 
 def part_fused_exactness(ctx: Context) -> dict[str, Any]:
+    from workers.fused.batch import one_thread
+
     steps = ctx.n(25, 10)
     counts = (2, 4, 8, 16, 32, 64, 128, 256) if not ctx.dry_run else (2, 4, 8)
     out: dict[str, Any] = {}
     for variant in ("tensors", "nn", "optim"):
         for runs in counts:
             specs = _sweep(ctx, variant, runs, steps)
-            alone = [curve(s)[1] for s in specs]
+            with one_thread(ctx.torch.device(ctx.device)):  # as the service's check runs them
+                alone = [curve(s)[1] for s in specs]
             row: dict[str, Any] = {}
             for exact in (True, False):  # per-run sum() as alone, or one sum(dim=(1, 2))
                 fused = _fused_curves(specs, exact)
