@@ -73,8 +73,12 @@ test: lint typecheck pytest pytest-postgres
 bench: install
 	$(BIN)/python -m bench
 
-gpu-check: install
-	$(BIN)/python -m bench.gpu_check
+# One script for a bare GPU host, no install step: the host's python and CUDA torch, and
+# GPU_WHEELS=folder for the wheels the workers need besides torch (docs/gpu.md). Exit 2 without
+# CUDA; GPU_CHECK_ARGS=--dry-run rehearses every part on the CPU (GPU_PYTHON=$(BIN)/python here).
+GPU_PYTHON ?= $(PYTHON)
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -71,6 +71,7 @@ class _InFlight:
     steps_counter: Any = None  # trainwire_steps_total of its variant and device, from Started
     steps: int = 0  # the job's last step: its final checkpoint is kept
     checkpoint_error: bool = False  # the job's object says a checkpoint failed
+    rerun_differs: int | None = None  # the first recomputed step that differs from the stored
 
 
 class MessageConsumer:
@@ -190,7 +191,8 @@ class MessageConsumer:
         if job.steps_counter is not None:  # steps trained, a rerun's recomputed ones included
             job.steps_counter.inc(len(message.values))
         first, values = message.first_step, strict_losses(message.values)
-        if first < job.stored:  # a rerun recomputes stored steps bit for bit: keep only new ones
+        if first < job.stored:  # a rerun recomputes stored steps: keep only new ones
+            self._compare_rerun(message.job_id, job, first, values[: job.stored - first])
             values = values[job.stored - first :]
             first = job.stored
             if not values:
@@ -203,6 +205,28 @@ class MessageConsumer:
 
         future = self.store.append_losses(job.pk, first, values, after=publish)
         future.add_done_callback(lambda f: self._check_write(f.exception(), job_id, job))
+
+    def _compare_rerun(
+        self, job_id: str, job: _InFlight, first: int, values: list[float | None]
+    ) -> None:
+        """A rerun recomputes the stored steps; on the same kind of machine bit for bit. Where
+        one differs (another GPU model, driver or library; a fault), the steps stored after it
+        come from another trajectory than the rest: said once per run, in the log and in
+        trainwire_rerun_mismatches_total. The job goes on (its curve is still a curve of its
+        hyperparameters; the log names the step where its two parts meet)."""
+        if job.rerun_differs is not None:
+            return
+        _, stored = self.store.read_losses(job.pk, first - 1, len(values))
+        for i, (old, new) in enumerate(zip(stored, values, strict=False)):
+            if old != new and not (old is None and new is None):
+                job.rerun_differs = first + i
+                log.warning(
+                    "job %s: its rerun computed %r at step %d where %r is stored; the steps "
+                    "from %d on come from another trajectory than those stored before",
+                    job_id, new, first + i, old, job.stored,
+                )  # fmt: skip
+                self.metrics.rerun_mismatch(job.variant)
+                return
 
     def _check_write(self, exc: BaseException | None, job_id: str, job: _InFlight) -> None:
         if exc is None or job.lost_write is not None:

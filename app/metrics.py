@@ -90,6 +90,12 @@ class JobMetrics:
             registry=registry,
         )
 
+        self.rerun_mismatches_total = Counter(
+            "trainwire_rerun_mismatches",
+            "Reruns whose recomputed steps differ from the steps stored before.",
+            ["variant"],
+            registry=registry,
+        )
         self.checkpoints_total = Counter(
             "trainwire_checkpoints",
             "Checkpoints written (durably, and listed).",
@@ -112,6 +118,9 @@ class JobMetrics:
     def checkpoint_written(self, size: int) -> None:
         self.checkpoints_total.inc()
         self.checkpoint_bytes_total.inc(size)
+
+    def rerun_mismatch(self, variant: str) -> None:
+        self.rerun_mismatches_total.labels(variant).inc()
 
     def checkpoint_failed(self) -> None:
         self.checkpoint_failures_total.inc()

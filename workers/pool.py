@@ -30,7 +30,7 @@ from workers.backend import Backend, CancelResult, DeviceUnavailable, MessageQue
 from workers.fused.group import FusedGroup
 from workers.fused.serving import FusedGroupServing
 from workers.hyperparameters import estimate_job_bytes
-from workers.processes import ChildWorker, device_facts
+from workers.processes import ChildWorker, device_facts, release_cached
 from workers.runner import run_job
 from workers.threads import CoreBudget
 
@@ -41,6 +41,18 @@ RESTART_PAUSE = 30.0  # seconds between tries to replace an idle worker's proces
 # messages held for the consumer before the workers wait: loss batches of up to 100 ms
 # (TRAINWIRE_FLUSH_SECONDS), so minutes of training
 MAX_PENDING_MESSAGES = 4096
+
+
+def _driver_memory(device: str) -> tuple[int, int]:
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free), int(total)
+
+
+def _release_cached(device: str, child: ChildWorker | None) -> None:
+    if child is not None:
+        child.memory(release=True)
+    else:
+        release_cached(device)
 
 
 def visible_gpus() -> list[str]:
@@ -122,6 +134,11 @@ class LocalBackend(FusedGroupServing, Backend):
         self._cores = CoreBudget(elastic_cores or 0, fixed=None if elastic_cores else cpu_threads)
         self._cpu_running = 0  # CPU jobs taken by a worker and not ended
         self._worker_states: dict[str, tuple[str, str]] = {}  # thread name: (device, state)
+        # workers waiting for device memory, per device: idle workers then empty their caches
+        self._memory_waiters: dict[str, int] = {}
+        # seams for tests without a GPU: (free, total) of a device, and emptying a worker's cache
+        self.device_memory: Callable[[str], tuple[int, int]] = _driver_memory
+        self.release_cached: Callable[[str, ChildWorker | None], None] = _release_cached
 
     @property
     def devices(self) -> list[str]:
@@ -288,6 +305,7 @@ class LocalBackend(FusedGroupServing, Backend):
         are free); None once stopping. While idle, a child process that died is replaced at once
         (not when the next job comes), so that readiness comes back."""
         next_restart = 0.0
+        released = False  # this worker's cache emptied since its last job
         with self._cond:
             while not self._stopping:
                 for i, item in enumerate(self._queue):
@@ -302,6 +320,15 @@ class LocalBackend(FusedGroupServing, Backend):
                             self._running[job_id] = item
                         self._set_state("busy")
                         return item
+                if not released and device != "cpu" and self._memory_waiters.get(device):
+                    # another worker waits for memory this idle worker's cache may hold
+                    released = True
+                    self._cond.release()
+                    try:
+                        self.release_cached(device, child)
+                    finally:
+                        self._cond.acquire()
+                    continue
                 self._cond.wait(timeout=1.0 if child is not None else None)
                 if child is not None and child.exited and time.monotonic() >= next_restart:
                     self._cond.release()
@@ -352,23 +379,37 @@ class LocalBackend(FusedGroupServing, Backend):
         """Wait until the device has room for the job; a Finished if it must not run."""
         need = item.bytes_needed
         pause = item.pause if isinstance(item, _Queued) else None
-        while not item.cancel.is_set():
-            if pause is not None and pause.is_set():  # nothing ran: paused with no checkpoint
-                status = RunOutcome.interrupted if self._stopping else RunOutcome.paused
-                return Finished(item.job_id, status, 0)
-            seen = child.memory() if child is not None else None
-            free, total = seen or torch.cuda.mem_get_info(torch.device(device))
-            if need > total:
-                return Finished(
-                    item.job_id,
-                    RunOutcome.failed,
-                    0,
-                    ErrorCode.out_of_memory,
-                    f"the job needs about {need:,} bytes; {device} has {total:,} in all",
-                )
-            if free >= need:
-                return None
-            time.sleep(0.1)
+        waiting = False
+        try:
+            while not item.cancel.is_set():
+                if pause is not None and pause.is_set():  # nothing ran: paused, no checkpoint
+                    status = RunOutcome.interrupted if self._stopping else RunOutcome.paused
+                    return Finished(item.job_id, status, 0)
+                seen = child.memory(release=waiting) if child is not None else None
+                if seen is None and waiting:
+                    self.release_cached(device, None)
+                free, total = seen or self.device_memory(device)
+                if need > total:
+                    return Finished(
+                        item.job_id,
+                        RunOutcome.failed,
+                        0,
+                        ErrorCode.out_of_memory,
+                        f"the job needs about {need:,} bytes; {device} has {total:,} in all",
+                    )
+                if free >= need:
+                    return None
+                if not waiting:  # ask again at once with this worker's cache emptied, and
+                    waiting = True  # have idle workers empty theirs
+                    with self._cond:
+                        self._memory_waiters[device] = self._memory_waiters.get(device, 0) + 1
+                        self._cond.notify_all()
+                    continue
+                time.sleep(0.1)
+        finally:
+            if waiting:
+                with self._cond:
+                    self._memory_waiters[device] -= 1
         return Finished(
             item.job_id, RunOutcome.interrupted if self._stopping else RunOutcome.cancelled, 0
         )

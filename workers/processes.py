@@ -37,7 +37,7 @@ class _Run:
 
 @dataclass(frozen=True)
 class _AskMemory:
-    pass
+    release: bool = False  # empty the child's CUDA cache first (others wait for memory)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def _child_main(
         if message is None:
             return
         if isinstance(message, _AskMemory):
+            if message.release:
+                release_cached(device)
             conn.send(_Memory(*_device_memory(device)))
             continue
         if isinstance(message, RunGroup):  # several runs as one (workers.fused)
@@ -139,6 +141,9 @@ def device_facts(device: str) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from workers.numerics import numerics_facts, pin_numerics
+
+    pin_numerics()  # what the jobs run with
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
         cuda = torch.version.cuda
@@ -154,6 +159,7 @@ def device_facts(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "node": None,
+        **numerics_facts(device),
     }
 
 
@@ -169,6 +175,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def release_cached(device: str) -> None:
+    """Hand the blocks this process's caching allocator holds unused on `device` back to the
+    driver, so that a job another worker admits by the driver's free memory can have them."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _device_memory(device: str) -> tuple[int, int] | tuple[None, None]:
@@ -249,12 +264,12 @@ class ChildWorker(FusedGroupChild):
             self.facts = ready.facts
         return self._conn
 
-    def memory(self) -> tuple[int, int] | None:
+    def memory(self, release: bool = False) -> tuple[int, int] | None:
         """(free, total) bytes of this worker's GPU, asked of the child: the server's own process
         then needs no CUDA context (hundreds of MB on each device) to check that a job fits."""
         try:
             conn = self._ensure()
-            conn.send(_AskMemory())
+            conn.send(_AskMemory(release))
             answer = conn.recv()
         except (EOFError, OSError):  # the child died: the next job starts a fresh one
             self.close()

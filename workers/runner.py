@@ -18,6 +18,7 @@ import torch
 
 from trainwire.jobs import Checkpointed, ErrorCode, Finished, JobSpec, RunOutcome
 from workers.checkpoints import CheckpointState, CheckpointUnusable
+from workers.numerics import pin_numerics
 from workers.problem import TORCH_DTYPES, Problem
 from workers.recorder import Diverged, LossRecorder, LossSink
 from workers.variants import VARIANTS
@@ -146,6 +147,27 @@ class Run:
         self._recorder.record(t, loss)
 
 
+# The streams jobs run on, per device: one per worker thread, reused job after job. The caching
+# allocator reuses a freed block only on the stream it was allocated on, and cuBLAS keeps a
+# workspace per stream, so a fresh stream per job would grow a worker's reserved memory job by job.
+_streams: dict[tuple[torch.device, int], Any] = {}
+_streams_lock = threading.Lock()
+
+
+def job_stream(device: torch.device, make: Callable[[torch.device], Any] | None = None) -> Any:
+    """The calling thread's CUDA stream on `device` (made on first use; `make`: a seam for
+    tests without a GPU)."""
+    if device.index is None and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (device, threading.get_ident())
+    with _streams_lock:
+        stream = _streams.get(key)
+        if stream is None:
+            stream = (make or torch.cuda.Stream)(device)
+            _streams[key] = stream
+        return stream
+
+
 # torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory:
 # ... Error code 12 (Cannot allocate memory)"), not torch.OutOfMemoryError as CUDA's does
 _OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -171,6 +193,7 @@ def run_job(
     checkpoints to `on_checkpoint` once written. `pause`: stop before the next step with the
     state checkpointed (RunOutcome.paused)."""
     device = torch.device(spec.device)
+    pin_numerics()
     recorder = LossRecorder(sink, spec.hyperparameters.steps, device, flush_seconds)
     deadline = time.monotonic() + timeout_s if timeout_s else None
     run = Run(spec, recorder, cancel or threading.Event(), deadline, pause, on_checkpoint)
@@ -179,7 +202,7 @@ def run_job(
         # each job on its own CUDA stream, so concurrent jobs on one GPU don't serialise on the
         # default one; made inside the try, so a device without CUDA fails the job, not the caller
         stream_ctx: Any = (
-            torch.cuda.stream(torch.cuda.Stream(device))
+            torch.cuda.stream(job_stream(device))
             if device.type == "cuda"
             else contextlib.nullcontext()
         )

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from trainwire.jobs import ErrorCode, Finished, JobSpec, RunOutcome
 from workers.problem import TORCH_DTYPES, Problem
 from workers.recorder import LossSink
-from workers.runner import CancelFlag, TimedOut, _is_out_of_memory
+from workers.runner import CancelFlag, TimedOut, _is_out_of_memory, job_stream
 
 # ATen's CPU bmm takes another kernel than mm below this many multiply-adds per matrix
 # (K * M * N < 400); there, batched kernels still compute each run's product as its own mm
@@ -44,6 +44,8 @@ BMM_SMALL = 400
 #              fact to check on each machine, not a given.
 KERNELS = ("per_run", "batched")
 _kernels: contextvars.ContextVar[str] = contextvars.ContextVar("fused_kernels", default="per_run")
+# whether the group's runs must equal the runs alone (else one reduction for every run)
+_exact: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_exact", default=True)
 
 
 class FusedRecorder:
@@ -215,6 +217,14 @@ class FusedRun:
         self._deadline = deadline
         self._on_end = on_end
 
+    def host_to_device(self, values: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the run's device: on a GPU through pinned memory with
+        `non_blocking` (no host sync; a fresh pinned tensor each time, so an earlier copy still
+        in flight is not overwritten)."""
+        if self.device.type != "cuda":
+            return values
+        return values.pin_memory().to(self.device, non_blocking=True)
+
     @property
     def sizes(self) -> tuple[int, int, int, int]:
         """N, D_in, H, D_out."""
@@ -315,6 +325,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
+def loss_sums(diff: torch.Tensor) -> torch.Tensor:
+    """Each run's sum of squared errors, (R,), from (R, N, D_out) differences. In an exact
+    group each run's is its own `sum()` over its slice, the reduction it makes alone: one
+    `.sum(dim=(1, 2))` over every run takes other block shapes on CUDA (and so rounds
+    otherwise) than the lone run's `sum()` over all of its values."""
+    squares = diff.pow(2)
+    if _exact.get():
+        return torch.stack([part.sum() for part in squares.unbind(0)])
+    return squares.sum(dim=(1, 2))
+
+
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched a @ b; with per-run kernels each run's product is its own `mm`, as alone."""
     if _per_run(a.device, a.shape[1] * a.shape[2] * b.shape[2]):
@@ -366,10 +387,12 @@ def run_fused(
     timeout_s: float | None = None,
     flush_seconds: float = 0.005,
     kernels: str = "per_run",
+    exact: bool = True,
 ) -> None:
     """Run a fused group to its end; each run's losses go to its sink and its `Finished` to
     `finish` as soon as that run ends (a cancelled or diverged run before the others).
-    `kernels` says how its matrix products are computed (see KERNELS)."""
+    `kernels` says how its matrix products are computed (see KERNELS); `exact`: whether its runs
+    must equal the runs alone (see loss_sums)."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
     device = torch.device(specs[0].device)
@@ -394,15 +417,17 @@ def run_fused(
     failure: tuple[ErrorCode, str] | None = None
     try:
         stream_ctx: Any = (
-            torch.cuda.stream(torch.cuda.Stream(device))
+            torch.cuda.stream(job_stream(device))
             if device.type == "cuda"
             else contextlib.nullcontext()
         )
         with stream_ctx, one_thread(device), np.errstate(over="ignore", invalid="ignore"):
             token = _kernels.set(kernels)
+            exact_token = _exact.set(exact)
             try:
                 train(run)
             finally:
+                _exact.reset(exact_token)
                 _kernels.reset(token)
                 for r in recorder.flush():
                     end(r, RunOutcome.failed)

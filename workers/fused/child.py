@@ -81,6 +81,7 @@ def run_group_in_child(conn: Connection, message: RunGroup, run_cancels: Any) ->
         message.timeout_s,
         message.flush_seconds,
         plan.kernels,
+        plan.exact != "unchecked",
     )
     conn.send(GroupDone())
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workers.fused.batch import hand_grads, linear, per_run_views
+from workers.fused.batch import hand_grads, linear, loss_sums, per_run_views
+from workers.numerics import FOREACH
 
 if TYPE_CHECKING:
     from workers.fused.batch import FusedRun
@@ -32,6 +33,7 @@ def train(run: FusedRun) -> None:
     optimizer = torch.optim.SGD(
         [{"params": v, "lr": lr} for v, lr in zip(views, run.learning_rates, strict=True)],
         lr=run.learning_rates[0],
+        foreach=FOREACH,
     )
     for t in run.steps():
         # Forward pass: TwoLayerNet.forward of every run
@@ -39,7 +41,7 @@ def train(run: FusedRun) -> None:
         y_pred = linear(h_relu, w2, b2)  # (R, N, D_out)
 
         # Compute and record each run's loss (R,)
-        loss = (y_pred - y).pow(2).sum(dim=(1, 2))
+        loss = loss_sums(y_pred - y)
         run.record(t, loss)
 
         # Zero gradients, perform a backward pass, and update the weights

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workers.fused.batch import hand_grads, linear, per_run_views
+from workers.fused.batch import hand_grads, linear, loss_sums, per_run_views
+from workers.numerics import FOREACH
 
 if TYPE_CHECKING:
     from workers.fused.batch import FusedRun
@@ -39,19 +40,22 @@ def train(run: FusedRun) -> None:
     optimizer = torch.optim.SGD(
         [{"params": v, "lr": lr} for v, lr in zip(views, run.learning_rates, strict=True)],
         lr=run.learning_rates[0],
+        foreach=FOREACH,
         momentum=run.hp.momentum,
     )
     for t in run.steps():
         # Forward pass: every run draws its depth, as DynamicNet.forward does alone
         depths = [rng.randint(0, max_middle_layers) for rng in rngs]
+        # one host-to-device copy per step (asynchronous on a GPU), not one per middle pass
+        depth = run.host_to_device(torch.tensor(depths)).view(-1, 1, 1)
         h_relu = linear(x, w_in, b_in).clamp(min=0)  # (R, N, H)
         for k in range(max(depths)):
-            deeper = torch.tensor([d > k for d in depths], device=x.device).view(-1, 1, 1)
+            deeper = depth > k
             h_relu = torch.where(deeper, linear(h_relu, w_mid, b_mid).clamp(min=0), h_relu)
         y_pred = linear(h_relu, w_out, b_out)  # (R, N, D_out)
 
         # Compute and record each run's loss (R,)
-        loss = (y_pred - y).pow(2).sum(dim=(1, 2))
+        loss = loss_sums(y_pred - y)
         run.record(t, loss)
 
         # Zero gradients, perform a backward pass, and update the weights

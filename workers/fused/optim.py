@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workers.fused.batch import hand_grads, linear, per_run_views
+from workers.fused.batch import hand_grads, linear, loss_sums, per_run_views
+from workers.numerics import FOREACH
 
 if TYPE_CHECKING:
     from workers.fused.batch import FusedRun
@@ -32,13 +33,14 @@ def train(run: FusedRun) -> None:
     optimizer = torch.optim.Adam(
         [{"params": v, "lr": lr} for v, lr in zip(views, run.learning_rates, strict=True)],
         lr=run.learning_rates[0],
+        foreach=FOREACH,
     )
     for t in run.steps():
         # Forward pass: compute predicted y of every run
         y_pred = linear(torch.relu(linear(x, w1, b1)), w2, b2)  # (R, N, D_out)
 
         # Compute and record each run's loss (R,)
-        loss = (y_pred - y).pow(2).sum(dim=(1, 2))
+        loss = loss_sums(y_pred - y)
         run.record(t, loss)
 
         # Zero the gradients, then the backward pass of every run

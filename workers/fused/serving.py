@@ -100,6 +100,7 @@ class FusedGroupServing:
                     run_fused(
                         specs, FUSED[specs[0].variant], [sink(s.job_id) for s in specs], finish,
                         group.flags(), self._timeout_s, self._flush_seconds, plan.kernels,
+                        plan.exact != "unchecked",
                     )  # fmt: skip
         except Exception as exc:  # the worker outlives any one group
             log.exception("fused group of %s failed outside its run", group.job_id)

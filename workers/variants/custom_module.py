@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from workers.numerics import FOREACH
 from workers.problem import Problem
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def train(run: Run) -> None:
 
     # Loss function and an optimizer over both Linear modules' parameters
     criterion = torch.nn.MSELoss(reduction="sum")
-    optimizer = torch.optim.SGD(model.parameters(), lr=run.hp.learning_rate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=run.hp.learning_rate, foreach=FOREACH)
     run.keep(model=model, optimizer=optimizer)  # what the steps change, for checkpoints
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from workers.numerics import FOREACH
 from workers.problem import Problem
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def train(run: Run) -> None:
     # SGD with momentum over the model's parameters
     criterion = torch.nn.MSELoss(reduction="sum")
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=run.hp.learning_rate, momentum=run.hp.momentum
+        model.parameters(), lr=run.hp.learning_rate, momentum=run.hp.momentum, foreach=FOREACH
     )
     # what the steps change, for checkpoints: the depth draws' RNG too
     run.keep(model=model, optimizer=optimizer, depth_rng=model.rng)

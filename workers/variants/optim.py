@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from workers.numerics import FOREACH
+
 if TYPE_CHECKING:
     from workers.runner import Run
 
@@ -27,7 +29,7 @@ def train(run: Run) -> None:
 
     # Adam updates the model's parameters for us
     learning_rate = run.hp.learning_rate
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, foreach=FOREACH)
     run.keep(model=model, optimizer=optimizer)  # what the steps change, for checkpoints
     for t in run.steps():
         # Forward pass: compute predicted y by passing x to the model
