@@ -61,9 +61,10 @@ def request(
         body = {"variant": "numpy", "hyperparameters": {"steps": 3}}
         if path == "/v1/sweeps":
             body["grid"] = {"seed": [1]}
-    if path.endswith("/cancel"):
+    if path.endswith(("/cancel", "/pause", "/resume")):
         body = None
-    path = path.replace("{job_id}", job_id).replace("{sweep_id}", sweep_id)
+    # {step}: the final checkpoint of a finished 3-step job
+    path = path.replace("{job_id}", job_id).replace("{sweep_id}", sweep_id).replace("{step}", "3")
     return client.request(method, path, json=body, **kw)
 
 
@@ -103,12 +104,18 @@ def test_every_v1_route_answers_with_the_token(
         ("GET", "/v1/jobs/{job_id}"): 200,
         ("GET", "/v1/jobs/{job_id}/losses"): 200,
         ("GET", "/v1/jobs/{job_id}/events"): 200,
+        ("GET", "/v1/jobs/{job_id}/checkpoints"): 200,
+        ("GET", "/v1/jobs/{job_id}/checkpoints/{step}"): 200,
+        ("POST", "/v1/jobs/{job_id}/pause"): 202,
+        ("POST", "/v1/jobs/{job_id}/resume"): 202,
         ("POST", "/v1/jobs/{job_id}/cancel"): 202,
         ("DELETE", "/v1/jobs/{job_id}"): 204,
         ("GET", "/v1/sweeps"): 200,
         ("POST", "/v1/sweeps"): 201,
         ("GET", "/v1/sweeps/{sweep_id}"): 200,
         ("GET", "/v1/sweeps/{sweep_id}/events"): 200,
+        ("POST", "/v1/sweeps/{sweep_id}/pause"): 202,
+        ("POST", "/v1/sweeps/{sweep_id}/resume"): 202,
         ("POST", "/v1/sweeps/{sweep_id}/cancel"): 202,
         ("DELETE", "/v1/sweeps/{sweep_id}"): 204,
     }
@@ -134,6 +141,14 @@ def test_every_v1_route_answers_with_the_token(
         sweep_id = sweeps["running" if mutates else "done"]
         response = request(authed, method, path, job_id, sweep_id)
         assert response.status_code == status, (method, path, response.text)
+        if path == "/v1/jobs/{job_id}/pause":
+            wait_for(lambda: authed.get(f"/v1/jobs/{running}").json()["status"] == "paused")
+        if path == "/v1/sweeps/{sweep_id}/pause":
+            wait_for(
+                lambda: (
+                    authed.get(f"/v1/sweeps/{sweeps['running']}").json()["counts"]["paused"] == 1
+                )
+            )
         if path == "/v1/jobs/{job_id}/cancel":
             assert wait_final(authed, running)["status"] == "cancelled"
         if path == "/v1/sweeps/{sweep_id}/cancel":
