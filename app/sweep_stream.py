@@ -45,7 +45,10 @@ SWEEP_EVENT_SECONDS = 0.25  # status changes closer than this share one `sweep` 
 # did (at least 4 times the id's own length: long ids of many runs spread out), and a batch's
 # last one always: a connection that drops goes on from at most this far back
 ID_SPACING = 1024
-MAX_CURSOR_LENGTH = 16_384  # characters of a Last-Event-ID or ?after= (256 runs fit)
+# characters of a Last-Event-ID (256 runs at 7-digit steps take ~2 KB) and of ?after= (short:
+# a request's head, URL-encoded, must stay within the HTTP server's 16 KiB)
+MAX_CURSOR_LENGTH = 6144
+MAX_AFTER_LENGTH = 512
 
 
 class Cursor:

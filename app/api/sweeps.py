@@ -10,7 +10,7 @@ from starlette.background import BackgroundTask
 from app.api.deps import IdempotencyKey, created, known_query
 from app.api.jobs import ID_PREFIX, LABEL
 from app.stream import EventStreamResponse
-from app.sweep_stream import MAX_CURSOR_LENGTH, SweepStreams
+from app.sweep_stream import MAX_AFTER_LENGTH, MAX_CURSOR_LENGTH, SweepStreams
 from app.sweeps import SweepService
 from trainwire.jobs import VariantName
 from trainwire.sweeps import Sweep, SweepCreate, SweepList, SweepStatus
@@ -187,8 +187,9 @@ async def stream_sweep_events(
     after: Annotated[
         str | None,
         Query(
-            max_length=MAX_CURSOR_LENGTH,
-            description="An event's id: go on after it (as Last-Event-ID does).",
+            max_length=MAX_AFTER_LENGTH,
+            description="An event's id: go on after it (as Last-Event-ID does; a longer id "
+            "goes in that header).",
         ),
     ] = None,
     last_event_id: Annotated[

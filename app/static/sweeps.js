@@ -13,6 +13,7 @@
   const HISTORY_POINTS = 500; // ?max_points for each run's history on the sweep's stream
   const MAX_POINTS = 2000; // per run; above it every other older point is dropped
   const RETRY_MS = 2000;
+  const AFTER_MAX = 512; // the longest id ?after= takes (longer ones go only in Last-Event-ID)
   const CHART_HEIGHT = 300;
   // Perceptually ordered colours (viridis, ends trimmed) for the swept values, low to high.
   const SCALE = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#e3c51a"];
@@ -253,20 +254,24 @@
 
   function openStream(view) {
     // a stream opened again after it failed goes on from the last event's id, as the browser's
-    // own reconnects do with Last-Event-ID
+    // own reconnects do with Last-Event-ID (an id too long for ?after= starts it over)
+    const after = view.lastId && view.lastId.length <= AFTER_MAX ? view.lastId : null;
     const url = withQuery(`${sweepPath(view.id)}/events`, {
       max_points: HISTORY_POINTS,
-      after: view.lastId || null,
+      after,
       access_token: ui.token() || null,
     });
     const source = new EventSource(url);
     view.source = source;
     view.follow = "stream";
     const current = () => view.alive && view.source === source;
+    let opened = false;
     source.addEventListener("open", () => {
       if (!current()) return;
-      // a first connection starts with the whole history; a later one goes on from the id
-      if (!view.lastId) view.points = new Map();
+      // a stream opened without an id starts with the whole history; the browser's own
+      // reconnects (Last-Event-ID) and one opened with ?after= go on from where it stood
+      if (!opened && !after) view.points = new Map();
+      opened = true;
       view.sweepEvents = 0;
     });
     source.addEventListener("sweep", (event) => {
