@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from servers import Server, submit, wait_final, wait_for
 from standardwebhooks import Webhook
 
 from app.webhooks import UnsafeURL, check_url
+from trainwire import Client
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 TINY = {"batch_size": 8, "d_in": 20, "hidden": 10, "d_out": 2}
@@ -300,3 +303,23 @@ def test_the_allow_list() -> None:
     ]:
         with pytest.raises(UnsafeURL):
             check_url(url, allowed)
+
+
+def test_the_client_and_the_command_line_submit_a_webhook(
+    server: Server, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers()
+    with Client(server.url) as tw:
+        job = tw.submit("numpy", steps=10, webhook={"url": receiver.url, "events": ["started"]})
+        assert job.webhook is not None and [e.value for e in job.webhook.events] == ["started"]
+    command = [str(Path(sys.executable).with_name("trainwire")), "submit", "numpy", "--steps"]
+    given = subprocess.run(
+        [*command, "10", "--webhook", receiver.url, "--webhook-event", "succeeded"]
+        + ["--url", server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_cli = given.stdout.strip()
+    wait_for(lambda: receiver.types(job.id) == ["job.started"])
+    wait_for(lambda: receiver.types(by_cli) == ["job.succeeded"])
