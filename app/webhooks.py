@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 RESPONSE_CAP = 64 * 1024  # bytes of an answer read (the rest is never downloaded)
 CONNECT_TIMEOUT_S = 5.0
 ATTEMPT_TIMEOUT_S = 10.0
-READ_BATCH = 200  # pending deliveries read per look
+READ_BATCH = 200  # pending deliveries read per query
+READ_PAGES = 20  # queries per look at most
+RECORD_TIMEOUT_S = 30.0  # an attempt's outcome not stored by then: it stays pending
 IDLE_LOOK_S = 5.0  # a look at the outbox at least this often (a wake-up comes sooner)
 
 
@@ -203,8 +205,8 @@ class WebhookSender:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=5)
+        self._http.close()  # ends the attempts under way (left pending)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
 
     # -- the dispatching thread -------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -218,39 +220,47 @@ class WebhookSender:
             self._wake.wait(max(0.0, wait))
 
     def _look(self) -> float:
-        """Hand the due deliveries to senders; seconds until the next look."""
-        with self.store.engine.connect() as conn:
-            pending = outbox.due(conn, READ_BATCH)
-        now = time.time()
+        """Hand the due deliveries to senders; seconds until the next look. Reads on past
+        deliveries that wait for their destination (one that hangs, with many pending), so
+        that they hold up no other destination's."""
         wait = IDLE_LOOK_S
-        with self._lock:
-            for item in pending:
-                if item.pk in self._sending:
-                    continue
-                destination = _destination(item.url)
-                calm = self._backoff.get(destination, 0.0)
-                at = max(item.next_attempt, calm)
-                if at > now:
-                    wait = min(wait, at - now)
-                    continue
-                if destination in self._busy or len(self._sending) >= self.settings.webhook_senders:
-                    continue  # a sender that ends wakes this thread
-                self._sending.add(item.pk)
-                self._busy.add(destination)
-                self._pool.submit(self._attempt, item, destination)
+        for page in range(READ_PAGES):
+            with self.store.engine.connect() as conn:
+                pending = outbox.due(conn, READ_BATCH, page * READ_BATCH)
+            now = time.time()
+            with self._lock:
+                for item in pending:
+                    if len(self._sending) >= self.settings.webhook_senders:
+                        return wait  # a sender that ends wakes this thread
+                    if item.pk in self._sending:
+                        continue
+                    destination = _destination(item.url)
+                    at = max(item.next_attempt, self._backoff.get(destination, 0.0))
+                    if at > now:
+                        wait = min(wait, at - now)
+                        continue
+                    if destination in self._busy:
+                        continue
+                    self._sending.add(item.pk)
+                    self._busy.add(destination)
+                    self._pool.submit(self._attempt, item, destination)
+            if len(pending) < READ_BATCH:
+                break
         return wait
 
     # -- a sending thread -------------------------------------------------------------------
     def _attempt(self, item: outbox.Due, destination: tuple[str, str, int]) -> None:
         try:
             error = self._send(item)
+            if self._stopping.is_set():
+                return  # not recorded: still pending, it goes out again after the next start
             attempts = item.attempts + 1
             gave_up = error is not None and attempts >= self.settings.webhook_attempts
             delay = self._delay(attempts)
             next_at = None if error is None or gave_up else time.time() + delay
             self.store.write(
                 lambda conn: outbox.record(conn, item.pk, error, next_at, gave_up)
-            ).result()
+            ).result(timeout=RECORD_TIMEOUT_S)
             if error is None:
                 self.metrics.sent()
             elif gave_up:

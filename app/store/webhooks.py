@@ -117,14 +117,15 @@ def _enqueue_sweep_end(conn: Connection, sweep_id: str) -> int:
     return 1
 
 
-def due(conn: Connection, limit: int) -> list[Due]:
-    """Pending deliveries, soonest first."""
+def due(conn: Connection, limit: int, offset: int = 0) -> list[Due]:
+    """Pending deliveries, soonest first (from the `offset`th on)."""
     d = webhook_deliveries.c
     stmt = (
         select(d.pk, d.id, d.url, d.payload, d.attempts, d.next_attempt)
         .where(d.status == PENDING)
         .order_by(d.next_attempt, d.pk)
         .limit(limit)
+        .offset(offset)
     )
     return [Due(*r) for r in conn.execute(stmt).all()]
 
