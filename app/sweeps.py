@@ -36,6 +36,7 @@ from app.service import JobService, Submitted
 from app.store import JobRow
 from app.store.idempotency import Claimed
 from app.store.sweeps import SweepRow, SweepStore, exact_default
+from app.store.webhooks import SWEEP_EVENTS
 from app.webhooks import stored_webhook
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
@@ -109,6 +110,19 @@ class SweepService:
         ):
             return Submitted(await self.jobs.replay(claim, earlier, self.get), replayed=True)
         base, points = self._validate(req)
+        if req.webhook is not None:
+            extra = [e.value for e in req.webhook.events if e.value not in SWEEP_EVENTS]
+            if extra:
+                raise InvalidFields(
+                    [
+                        _error(
+                            ("webhook", "events"),
+                            f"a sweep sends its end only ({', '.join(SWEEP_EVENTS)}), not "
+                            f"{', '.join(extra)}",
+                            "value_error",
+                        )
+                    ]
+                )
         await self.jobs.check_webhook(req.webhook)
         variant = VARIANTS[req.variant]
         try:

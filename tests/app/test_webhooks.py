@@ -276,6 +276,22 @@ def test_refused_webhooks_get_422_naming_the_field(
             assert says in error["msg"]
 
 
+def test_a_sweep_sends_its_end_only(server: Server) -> None:
+    with server.client() as client:
+        response = client.post(
+            "/v1/sweeps",
+            json={
+                "variant": "numpy",
+                "grid": {"seed": [1, 2]},
+                "webhook": {"url": "http://127.0.0.1:9/", "events": ["started", "failed"]},
+            },
+        )
+    assert response.status_code == 422
+    [error] = body(response)["detail"]
+    assert error["loc"] == ["body", "webhook", "events"]
+    assert "started" in error["msg"]
+
+
 def test_a_server_without_an_allow_list_calls_no_webhook(client: Any) -> None:
     response = client.post(
         "/v1/jobs", json={"variant": "numpy", "webhook": {"url": "http://127.0.0.1:9/"}}
