@@ -44,6 +44,8 @@ class Receiver:
     got: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (webhook-id, payload)
     requests: int = 0
     unverified: int = 0
+    streamed: int = 0  # bytes of endless answers written
+    cut_off: bool = False  # the server stopped reading one
     release: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -66,10 +68,19 @@ class Receiver:
                 if status == 200:
                     receiver.got.append((self.headers["webhook-id"], strict_json(data.decode())))
                 self.send_response(status)
+                endless = headers.pop("x-endless", None) is not None
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "0")
+                if not endless:
+                    self.send_header("content-length", "0")
                 self.end_headers()
+                while endless and receiver.streamed < 1 << 30:  # a gigabyte, unless cut off
+                    try:
+                        self.wfile.write(b"x" * (1 << 20))
+                    except OSError:
+                        receiver.cut_off = True
+                        return
+                    receiver.streamed += 1 << 20
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -210,6 +221,15 @@ def test_a_redirect_is_not_followed(server: Server, receivers: Callable[..., Rec
     assert delivery["attempts"] == 6
     assert "302" in delivery["last_error"] and "redirect" in delivery["last_error"]
     assert target.requests == 0
+
+
+def test_an_endless_answer_is_cut_off(server: Server, receivers: Callable[..., Receiver]) -> None:
+    receiver = receivers(answer=lambda _: (200, {"x-endless": "1"}))
+    with server.client() as client:
+        job = submit(client, "numpy", hp={"steps": 10}, webhook={"url": receiver.url})["id"]
+        wait_for(lambda: delivery_status(client, f"/v1/jobs/{job}") == "delivered", 60)
+    wait_for(lambda: receiver.cut_off)
+    assert receiver.streamed < 1 << 30
 
 
 def test_a_hanging_receiver_stalls_nothing_else(
