@@ -52,6 +52,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     redact_tokens_in_logs(settings.api_token)  # `uvicorn app.main:app` logs requests too
+    redact_tokens_in_logs(settings.webhook_secret)  # never logged anyway: nor by accident
     metrics = Metrics()
 
     @asynccontextmanager
@@ -62,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", exc)
             raise
         hub = EventHub()
-        service = JobService(settings, store, hub, make_backend(settings), metrics.jobs)
+        service = JobService(
+            settings, store, hub, make_backend(settings), metrics.jobs, metrics.webhooks
+        )
         metrics.watch(service.consumer, service.backend, hub, store)
         app.state.hub, app.state.store, app.state.service = hub, store, service
         app.state.streams = streams = EventStreams(store, hub, settings.stream_stall_seconds)

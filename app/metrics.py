@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Mount
@@ -200,12 +200,63 @@ class LiveState(Collector):
         yield from (jobs, workers, restarts, streams)
 
 
+class WebhookMetrics:
+    """What the webhook sender counts (app.webhooks), and the age of the oldest pending
+    delivery, read from the store at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.sent_total = Counter(
+            "trainwire_webhook_deliveries_sent",
+            "Webhook deliveries a receiver took (2xx).",
+            registry=registry,
+        )
+        self.failed_total = Counter(
+            "trainwire_webhook_deliveries_failed",
+            "Webhook deliveries given up after their last attempt.",
+            registry=registry,
+        )
+        self.retries_total = Counter(
+            "trainwire_webhook_delivery_retries",
+            "Failed attempts of webhook deliveries that are tried again.",
+            registry=registry,
+        )
+        self.oldest_pending = Gauge(
+            "trainwire_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not yet delivered nor given up (0: none).",
+            registry=registry,
+        )
+        self._store: Store | None = None
+        self.oldest_pending.set_function(self._oldest_age)
+
+    def watch(self, store: Store) -> None:
+        self._store = store
+
+    def _oldest_age(self) -> float:
+        if self._store is None:
+            return 0.0
+        try:
+            oldest = self._store.oldest_pending_delivery()
+        except Exception:  # a store that cannot be read: the other metrics still answer
+            return 0.0
+        return 0.0 if oldest is None else max(0.0, time.time() - _epoch(oldest))
+
+    def sent(self) -> None:
+        self.sent_total.inc()
+
+    def failed(self) -> None:
+        self.failed_total.inc()
+
+    def retried(self) -> None:
+        self.retries_total.inc()
+
+
 class Metrics:
     """Every metric of one app, in its own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.jobs = JobMetrics(self.registry)
+        self.webhooks = WebhookMetrics(self.registry)
         self.live = LiveState()
         self.registry.register(self.live)
         self.store_commit = Histogram(
@@ -232,6 +283,7 @@ class Metrics:
     ) -> None:
         """Read the live state of this running service, and time its store's commits."""
         self.live.watch(consumer, backend, hub)
+        self.webhooks.watch(store)
         store.observe_commit = self.store_commit.observe
 
 

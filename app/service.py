@@ -46,9 +46,10 @@ from app.store.idempotency import Claim, Claimed
 from app.store.rows import CheckpointRow
 from app.store.writer import Abandoned, Tentative
 from app.waiting import explain
+from app.webhooks import DeliveryMetrics, WebhookSender, stored_webhook, validate_webhook
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import CheckpointPlan, CheckpointRef, JobSpec, JobStatus
-from trainwire.models import CheckpointInfo, Job, JobCreate
+from trainwire.models import CheckpointInfo, Job, JobCreate, Webhook, WebhookDelivery
 from workers.backend import Backend, DeviceUnavailable
 from workers.checkpoints import checkpoint_path
 from workers.hyperparameters import HyperparameterError, parse_hyperparameters
@@ -102,6 +103,7 @@ class JobService:
         hub: EventHub,
         backend: Backend,
         metrics: JobMetrics | None = None,
+        delivery_metrics: DeliveryMetrics | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -114,6 +116,10 @@ class JobService:
         self.ready = False
         # at start, each takes the recovered jobs it queues itself and returns the others
         self.recovery_hooks: list[Callable[[list[JobRow]], list[JobRow]]] = []
+        # sends the outbox's webhook deliveries (none without a secret to sign them with)
+        self.webhooks: WebhookSender | None = None
+        if settings.webhook_secret is not None:
+            self.webhooks = WebhookSender(store, settings, delivery_metrics)
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +143,8 @@ class JobService:
             self._enqueue(row, hp, device, recovered=True, resume=resume)
         self.consumer.start()
         self.backend.start()
+        if self.webhooks is not None:  # what a crash left pending goes out now
+            self.webhooks.start()
         self.ready = True
 
     def stop(self) -> None:
@@ -145,6 +153,8 @@ class JobService:
         self.ready = False
         self.backend.stop(timeout=5.0)
         self.consumer.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
 
     @property
     def accepting(self) -> bool:
@@ -159,6 +169,7 @@ class JobService:
         claim = self.claim("jobs", idempotency_key, req)
         if claim is not None and (earlier := await run_in_threadpool(self.store.find_claim, claim)):
             return Submitted(await self.replay(claim, earlier, self.get), replayed=True)
+        await self.check_webhook(req.webhook)
         if req.from_ is not None:
             return await self._fork(req, claim)
         hp = self._hyperparameters(req.variant, req.hyperparameters)
@@ -183,6 +194,7 @@ class JobService:
                         # a pinned thread count is the run's from the start (workers.threads)
                         "environment": None if req.threads is None else {"threads": req.threads},
                         "checkpoint_every": self._checkpoint_every(req),
+                        **stored_webhook(req.webhook),
                     },
                     claim,
                 )
@@ -210,6 +222,15 @@ class JobService:
                 with contextlib.suppress(Abandoned):
                     await waited  # its outcome, read
                 raise self.store.unwritable_error()
+
+    async def check_webhook(self, webhook: Webhook | None) -> None:
+        """A request's webhook, or a 422 naming `webhook.url` (a host may be looked up)."""
+        if webhook is not None:
+            await run_in_threadpool(validate_webhook, webhook, self.settings, ("body", "webhook"))
+
+    async def deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        row = await find_job(self.store, job_id)
+        return await run_in_threadpool(self.store.deliveries, job_id=row.id)
 
     def claim(self, scope: str, key: str | None, req: BaseModel) -> Claim | None:
         """The claim of a request's idempotency key (None without one)."""
@@ -326,6 +347,7 @@ class JobService:
             "checkpoint_every": self._checkpoint_every(req),
             "forked_from_job": parent.id,
             "forked_from_step": step,
+            **stored_webhook(req.webhook),
         }
         with self.queue_room(1):
             row = await self.committed(self.store.insert_fork(values, parent.pk, start, claim))

@@ -126,6 +126,58 @@ class Settings(BaseSettings):
         3, ge=1, description="Newest checkpoints kept per job, besides its final one."
     )
 
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts a webhook may call, comma-separated: a name or address as such (then "
+        "whatever it resolves to, 127.0.0.1 included), `*.example.com` (its subdomains) or `*` "
+        "(any host); the last two only where every address is public. Empty (the default): "
+        "webhooks are refused, so that no client can make the server call into its network.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The Standard Webhooks secret (`whsec_` and base64) deliveries are signed "
+        "with, shared with the receivers; unset = webhooks are refused.",
+    )
+    webhook_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts of a delivery before it is given up."
+    )
+    webhook_retry_s: float = Field(
+        30.0,
+        gt=0,
+        description="Wait after a delivery's first failed attempt; doubled after each (with "
+        "jitter of ±25%), at most TRAINWIRE_WEBHOOK_RETRY_MAX_S: 8 attempts span about an hour.",
+    )
+    webhook_retry_max_s: float = Field(
+        1800.0, gt=0, description="Longest wait between two attempts of a delivery."
+    )
+    webhook_senders: int = Field(
+        4, ge=1, le=64, description="Deliveries sent at once (each destination one at a time)."
+    )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from standardwebhooks import Webhook  # noqa: PLC0415 (only where it is set)
+
+            try:
+                Webhook(value.get_secret_value())
+            except Exception:
+                raise ValueError("must be base64, optionally after `whsec_`") from None
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:

@@ -36,8 +36,11 @@ from app.service import JobService, Submitted
 from app.store import JobRow
 from app.store.idempotency import Claimed
 from app.store.sweeps import SweepRow, SweepStore, exact_default
+from app.store.webhooks import SWEEP_EVENTS
+from app.webhooks import stored_webhook
 from trainwire.hyperparameters import Hyperparameters
 from trainwire.jobs import JobSpec, JobStatus
+from trainwire.models import WebhookDelivery
 from trainwire.sweeps import Sweep, SweepCreate
 from workers.backend import DeviceUnavailable
 from workers.fused.groups import plan_groups
@@ -108,6 +111,20 @@ class SweepService:
             return Submitted(await self.jobs.replay(claim, earlier, self.get), replayed=True)
         # a grid of a 1 MiB body is checked off the event loop (in time linear in its size)
         base, points = await run_in_threadpool(self._validate, req)
+        if req.webhook is not None:
+            extra = [e.value for e in req.webhook.events if e.value not in SWEEP_EVENTS]
+            if extra:
+                raise InvalidFields(
+                    [
+                        _error(
+                            ("webhook", "events"),
+                            f"a sweep sends its end only ({', '.join(SWEEP_EVENTS)}), not "
+                            f"{', '.join(extra)}",
+                            "value_error",
+                        )
+                    ]
+                )
+        await self.jobs.check_webhook(req.webhook)
         variant = VARIANTS[req.variant]
         try:
             device = self.jobs.backend.resolve_device(req.device, variant.devices)
@@ -142,6 +159,7 @@ class SweepService:
             "exact": req.exact if req.exact is not None else exact_default(req.fuse is True),
             "cancelled": False,
             "created_at": now,
+            **stored_webhook(req.webhook),
         }
         run_values = [
             {
@@ -419,6 +437,10 @@ class SweepService:
     async def get(self, sweep_id: str) -> Sweep:
         sweep, runs = await self._find(sweep_id)
         return sweep.to_sweep(runs)
+
+    async def deliveries(self, sweep_id: str) -> list[WebhookDelivery]:
+        sweep, _ = await self._find(sweep_id)
+        return await run_in_threadpool(self.jobs.store.deliveries, sweep_id=sweep.id)
 
     async def list_sweeps(
         self,

@@ -31,7 +31,7 @@ from trainwire.client import (
 )
 from trainwire.hyperparameters import HYPERPARAMETERS
 from trainwire.jobs import VARIANT_NAMES, JobStatus
-from trainwire.models import Job, JobError
+from trainwire.models import Job, JobError, Webhook, WebhookEvent
 from trainwire.sweep_cli import add_sweep_parser, run_sweep
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         help="torch/BLAS threads of the run (default: the cores free when it starts)",
+    )
+    submit.add_argument(
+        "--webhook", metavar="URL", help="POST its status changes here, signed (docs/webhooks.md)"
+    )
+    submit.add_argument(
+        "--webhook-event",
+        action="append",
+        choices=[e.value for e in WebhookEvent],
+        help="with --webhook: an event to send (repeatable; default: succeeded, failed, cancelled)",
     )
     submit.add_argument(
         "--watch", action="store_true", help="then follow it as `watch` does (the id on stderr)"
@@ -236,6 +245,15 @@ def format_loss(loss: float | None, error: JobError | None = None) -> str:
 def short_loss(loss: float | None, error: JobError | None = None) -> str:
     """A loss for a person to read (six significant digits)."""
     return non_finite(error) if loss is None else f"{loss:.6g}"
+
+
+def _webhook(url: str | None, events: list[str] | None) -> Webhook | None:
+    """--webhook and its --webhook-event flags (None without a URL)."""
+    if url is None:
+        return None
+    if not events:
+        return Webhook(url=url)
+    return Webhook(url=url, events=[WebhookEvent(e) for e in events])
 
 
 def _job_json(job: Job) -> str:
@@ -368,6 +386,9 @@ def _watch(tw: Client, job_id: str, cancel_on_interrupt: bool = False) -> int:
 
 
 def _submit(tw: Client, args: argparse.Namespace) -> int:
+    if args.webhook_event and args.webhook is None:
+        _error("--webhook-event needs --webhook URL")
+        return EXIT_USAGE
     hyperparameters = {
         name: getattr(args, f"hp_{name}")
         for name in hyperparameter_flags()
@@ -379,6 +400,7 @@ def _submit(tw: Client, args: argparse.Namespace) -> int:
         device=args.device,
         label=args.label,
         threads=args.threads,
+        webhook=_webhook(args.webhook, args.webhook_event),
         **hyperparameters,
     )
     # with --watch, stdout is the watch's alone (a clean curve when piped)

@@ -41,7 +41,7 @@ from tenacity import (
 )
 
 from trainwire.checkpoint_client import AsyncCheckpointCalls, CheckpointCalls
-from trainwire.models import Job, JobList, Losses, VariantInfo
+from trainwire.models import Job, JobList, Losses, VariantInfo, Webhook
 from trainwire.sweep_client import AsyncSweepCalls, RunLoss, SweepCalls, SweepUpdate
 from trainwire.sweeps import SweepList
 
@@ -237,6 +237,13 @@ def _submit_body(
     if threads is not None:
         body["threads"] = threads
     return body
+
+
+def _add_webhook(body: dict[str, Any], webhook: Webhook | dict[str, Any] | None) -> None:
+    """A request's `webhook`, checked here first (a wrong event fails before any request)."""
+    if webhook is not None:
+        checked = webhook if isinstance(webhook, Webhook) else Webhook.model_validate(webhook)
+        body["webhook"] = checked.model_dump(mode="json")
 
 
 class _Listing:
@@ -495,13 +502,17 @@ class Client(CheckpointCalls, SweepCalls, _Base):
         label: str | None = None,
         threads: int | None = None,
         idempotency_key: str | None = None,
+        webhook: Webhook | dict[str, Any] | None = None,
         **hyperparameters: Any,
     ) -> Job:
         """Queue a job; hyperparameters not given take the variant's defaults. `threads` pins
         the run's torch/BLAS threads (to reproduce a curve from another host); by default the
-        server picks them from the cores free when it starts. Retried with its idempotency key
-        (a new one unless given) when the answer is lost: one job, whatever happens."""
+        server picks them from the cores free when it starts. `webhook`: `{"url": ...,
+        "events": [...]}`, notified of its status changes (docs/webhooks.md). Retried with its
+        idempotency key (a new one unless given) when the answer is lost: one job, whatever
+        happens."""
         body = _submit_body(variant, seed, device, label, threads, hyperparameters)
+        _add_webhook(body, webhook)
         return _parse(Job, _body(self._create("/v1/jobs", body, idempotency_key)))
 
     def get(self, job_id: str) -> Job:
@@ -676,10 +687,12 @@ class AsyncClient(AsyncCheckpointCalls, AsyncSweepCalls, _Base):
         label: str | None = None,
         threads: int | None = None,
         idempotency_key: str | None = None,
+        webhook: Webhook | dict[str, Any] | None = None,
         **hyperparameters: Any,
     ) -> Job:
         """`Client.submit`, awaited."""
         body = _submit_body(variant, seed, device, label, threads, hyperparameters)
+        _add_webhook(body, webhook)
         return _parse(Job, _body(await self._create("/v1/jobs", body, idempotency_key)))
 
     async def get(self, job_id: str) -> Job:

@@ -6,6 +6,7 @@ Pydantic models only (no torch, no server code): `from trainwire.models import J
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,7 +32,68 @@ __all__ = [
     "VariantInfo",
     "VariantName",
     "Waiting",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryList",
+    "WebhookEvent",
 ]
+
+# the longest webhook URL accepted (the service refuses longer ones with a 422)
+MAX_WEBHOOK_URL = 2048
+
+
+class WebhookEvent(StrEnum):
+    """A status change a webhook may ask for (`job.<event>` or `sweep.<event>` in a payload)."""
+
+    started = "started"
+    paused = "paused"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Webhook(BaseModel):
+    """Where to POST, signed (Standard Webhooks), when the job's or sweep's status changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1,
+        description="http or https URL of a host the server allows "
+        "(TRAINWIRE_WEBHOOK_ALLOWED_HOSTS); at most 2048 characters, no user:password@.",
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: [
+            WebhookEvent.succeeded,
+            WebhookEvent.failed,
+            WebhookEvent.cancelled,
+        ],
+        max_length=5,
+        description="The status changes to deliver; absent: succeeded, failed and cancelled. "
+        "A sweep delivers its own status only (succeeded, failed, cancelled).",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _unique(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        return list(dict.fromkeys(value))
+
+
+class WebhookDelivery(BaseModel):
+    """One notification of a status change, and how sending it went."""
+
+    id: str = Field(description="Its webhook-id header, the same on every attempt.")
+    event: str = Field(description="job.succeeded, sweep.failed, ...")
+    status: str = Field(description="pending, delivered or failed (given up).")
+    attempts: int
+    last_error: str | None = Field(description="Why the last attempt failed; null if none.")
+    next_attempt_at: str | None = Field(description="When it is tried next (pending only).")
+    created_at: str
+    delivered_at: str | None
+
+
+class WebhookDeliveryList(BaseModel):
+    items: list[WebhookDelivery]
 
 
 class ForkFrom(BaseModel):
@@ -120,6 +182,9 @@ class JobCreate(BaseModel):
         description="Fork: start from this job's checkpoint. The hyperparameters given override "
         "the parent's (those that change a tensor's shape, and the seed, must stay); with none "
         "changed, the steps after `step` are the parent's bit for bit.",
+    )
+    webhook: Webhook | None = Field(
+        None, description="Notify this URL of the job's status changes (docs/webhooks.md)."
     )
 
     @field_validator("label")
@@ -214,6 +279,7 @@ class Job(BaseModel):
         description="Why its last checkpoint could not be written (the job goes on; the next "
         "one tries again); null once one is written.",
     )
+    webhook: Webhook | None = Field(None, description="Where its status changes are sent.")
 
 
 class CheckpointInfo(BaseModel):

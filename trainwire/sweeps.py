@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainwire.jobs import JobStatus, VariantName
-from trainwire.models import JobError
+from trainwire.models import JobError, Webhook
 
 __all__ = [
     "Fuse",
@@ -104,6 +104,11 @@ class SweepCreate(BaseModel):
         '`fuse: true`, false with `fuse: "auto"`. Each run\'s `environment.fused_exact` says '
         "what holds (by_construction, checked or unchecked).",
     )
+    webhook: Webhook | None = Field(
+        None,
+        description="Notify this URL when the sweep ends (its own status: succeeded, failed, "
+        "cancelled; docs/webhooks.md).",
+    )
 
     @field_validator("label")
     @classmethod
@@ -172,6 +177,7 @@ class Sweep(BaseModel):
     jobs: list[SweepRun] = Field(description="The runs, in the grid's order.")
     created_at: str
     finished_at: str | None
+    webhook: Webhook | None = Field(None, description="Where its end is sent.")
 
 
 class SweepList(BaseModel):

@@ -21,6 +21,7 @@ from trainwire.models import (
     JobStatus,
     Losses,
     VariantName,
+    WebhookDeliveryList,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -179,6 +180,13 @@ async def list_checkpoints(job_id: str, service: Service) -> CheckpointList:
     """Its saved states, in step order: the newest few (TRAINWIRE_CHECKPOINTS_KEPT) and the
     final one (step = steps: the trained weights)."""
     return CheckpointList(items=await service.checkpoints(job_id))
+
+
+@router.get("/{job_id}/deliveries", summary="A job's webhook deliveries", responses=_NOT_FOUND)
+async def list_deliveries(job_id: str, service: Service) -> WebhookDeliveryList:
+    """Its webhook's notifications, oldest first, and how sending each went (pending,
+    delivered, failed: given up after TRAINWIRE_WEBHOOK_ATTEMPTS)."""
+    return WebhookDeliveryList(items=await service.deliveries(job_id))
 
 
 @router.get(

@@ -13,6 +13,7 @@ from app.stream import EventStreamResponse
 from app.sweep_stream import MAX_AFTER_LENGTH, MAX_CURSOR_LENGTH, SweepStreams
 from app.sweeps import SweepService
 from trainwire.jobs import VariantName
+from trainwire.models import WebhookDeliveryList
 from trainwire.sweeps import Sweep, SweepCreate, SweepList, SweepStatus
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -106,6 +107,14 @@ async def list_sweeps(
 @router.get("/{sweep_id}", summary="Get a sweep and its runs", responses=_NOT_FOUND)
 async def get_sweep(sweep_id: str, sweeps: Sweeps) -> Sweep:
     return await sweeps.get(sweep_id)
+
+
+@router.get(
+    "/{sweep_id}/deliveries", summary="The webhook deliveries of a sweep", responses=_NOT_FOUND
+)
+async def list_sweep_deliveries(sweep_id: str, sweeps: Sweeps) -> WebhookDeliveryList:
+    """Its webhook's notifications (its end), oldest first, and how sending each went."""
+    return WebhookDeliveryList(items=await sweeps.deliveries(sweep_id))
 
 
 @router.post(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trainwire.jobs import ErrorCode, JobStatus
-from trainwire.models import ForkOrigin, Job, JobError
+from trainwire.models import ForkOrigin, Job, JobError, Webhook, WebhookEvent
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class JobRow:
     forked_from_job: str | None = None
     forked_from_step: int | None = None
     checkpoint_error: str | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
@@ -79,6 +81,7 @@ class JobRow:
             if self.forked_from_job is None
             else ForkOrigin(job_id=self.forked_from_job, step=self.forked_from_step or 0),
             checkpoint_error=self.checkpoint_error,
+            webhook=webhook_of(self.webhook_url, self.webhook_events),
         )
 
 
@@ -91,3 +94,11 @@ class CheckpointRow:
     bytes: int
     sha256: str
     created_at: str
+
+
+def webhook_of(url: str | None, events: list[str] | None) -> Webhook | None:
+    """The API's view of a stored webhook (it has no secret to leave out: the server's is
+    its own setting)."""
+    if url is None:
+        return None
+    return Webhook(url=url, events=[WebhookEvent(e) for e in events or ()])

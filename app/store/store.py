@@ -34,14 +34,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from app.store import idempotency
+from app.store import idempotency, webhooks
 from app.store.chunks import contiguous_prefix, pack, unpack
 from app.store.idempotency import Claim, Claimed
 from app.store.lock import lock_store
 from app.store.rows import CheckpointRow, JobRow
-from app.store.tables import checkpoints, jobs, loss_chunks
+from app.store.tables import checkpoints, jobs, loss_chunks, webhook_deliveries
 from app.store.writer import AfterCommit, AppendLosses, Operation, StoreUnwritable, Writer
 from trainwire.jobs import FINAL_STATUSES, JobStatus
+from trainwire.models import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ _UNFINISHED = [JobStatus.queued.value, JobStatus.running.value]  # paused waits 
 MAX_PENDING_LOSS_WRITES = 4096
 # loss chunks read per query (a page of losses usually spans a handful)
 CHUNKS_PER_READ = 64
+
+
+def _nothing() -> None:
+    pass
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -103,6 +108,8 @@ class Store:
             raise
         self._loss_room = threading.Semaphore(MAX_PENDING_LOSS_WRITES)
         self._writer = Writer(self.engine)
+        # called after a commit that queued webhook deliveries (app.webhooks wakes its sender)
+        self.deliveries_queued: Callable[[], None] = _nothing
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close connections."""
@@ -189,12 +196,24 @@ class Store:
         stmt = _update_statement(tuple(sorted(values)), only_if_not_final, bump_attempts)
         params = {"pk_": job_pk, **{f"new_{name}": value for name, value in values.items()}}
 
+        queued = [0]
+
         def op(conn: Connection) -> JobRow | None:
             if conn.execute(stmt, params).rowcount == 0:
                 return None
-            return _job_by_pk(conn, job_pk)
+            row = _job_by_pk(conn, job_pk)
+            if row is not None and "status" in values:
+                # the outbox: its notifications commit with the change, or neither does
+                queued[0] = webhooks.enqueue_status_change(conn, row)
+            return row
 
-        return self._writer.submit(op, after)
+        def then(row: JobRow | None) -> None:
+            if after is not None:
+                after(row)
+            if queued[0]:
+                self.deliveries_queued()
+
+        return self._writer.submit(op, then)
 
     def append_losses(
         self,
@@ -218,11 +237,16 @@ class Store:
         """Delete a final job and its losses; resolves with whether it was there to delete."""
 
         def op(conn: Connection) -> bool:
+            job_id = conn.execute(select(jobs.c.id).where(jobs.c.pk == job_pk)).scalar()
             conn.execute(delete(loss_chunks).where(loss_chunks.c.job_pk == job_pk))
             conn.execute(delete(checkpoints).where(checkpoints.c.job_pk == job_pk))
             deleted = conn.execute(
                 delete(jobs).where(jobs.c.pk == job_pk, jobs.c.status.in_(_FINAL))
             ).rowcount
+            if deleted:  # its notifications, sent or not, go with it
+                conn.execute(
+                    delete(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id)
+                )
             return bool(deleted)
 
         return self._writer.submit_tentative(op)
@@ -348,6 +372,17 @@ class Store:
         return self._writer.submit_tentative(op)
 
     # -- reads (any thread) -----------------------------------------------------------------
+    def deliveries(
+        self, *, job_id: str | None = None, sweep_id: str | None = None
+    ) -> list[WebhookDelivery]:
+        """A job's or a sweep's webhook deliveries, oldest first."""
+        with self.engine.connect() as conn:
+            return webhooks.listed(conn, job_id=job_id, sweep_id=sweep_id)
+
+    def oldest_pending_delivery(self) -> str | None:
+        with self.engine.connect() as conn:
+            return webhooks.oldest_pending(conn)
+
     def get_job(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(_JOB_BY_ID, {"id_": job_id}).mappings().first()

@@ -16,9 +16,9 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from app.store import idempotency
 from app.store.idempotency import Claim, Claimed
-from app.store.rows import JobRow
+from app.store.rows import JobRow, webhook_of
 from app.store.store import Store
-from app.store.tables import jobs, loss_chunks, sweeps
+from app.store.tables import jobs, loss_chunks, sweeps, webhook_deliveries
 from trainwire.jobs import FINAL_STATUSES, JobStatus
 from trainwire.sweeps import Sweep, SweepCounts, SweepRun, SweepStatus
 
@@ -50,10 +50,12 @@ class SweepRow:
     exact: bool | None  # null: as `fuse` implies
     cancelled: bool
     created_at: str
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> SweepRow:
-        values = {f.name: row[f.name] for f in fields(cls)}
+        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
         values["fused"], values["cancelled"] = bool(values["fused"]), bool(values["cancelled"])
         if values["exact"] is not None:
             values["exact"] = bool(values["exact"])
@@ -100,6 +102,7 @@ class SweepRow:
             ],
             created_at=self.created_at,
             finished_at=max(finished) if every_run_final and finished else None,
+            webhook=webhook_of(self.webhook_url, self.webhook_events),
         )
 
 
@@ -166,6 +169,9 @@ class SweepStore:
             conn.execute(delete(loss_chunks).where(loss_chunks.c.job_pk.in_(run_pks)))
             conn.execute(delete(jobs).where(in_sweep))
             conn.execute(delete(sweeps).where(sweeps.c.id == sweep_id))
+            conn.execute(
+                delete(webhook_deliveries).where(webhook_deliveries.c.sweep_id == sweep_id)
+            )
             return "deleted"
 
         return self.store.write(op, tentative=True)
@@ -202,6 +208,11 @@ class SweepStore:
             rows = [SweepRow.from_mapping(r) for r in conn.execute(stmt).mappings()]
             runs = _runs(conn, [r.id for r in rows])
         return [(row, runs[row.id]) for row in rows]
+
+
+def runs_of(conn: Connection, sweep_id: str) -> list[JobRow]:
+    """One sweep's runs, in the grid's order."""
+    return _runs(conn, [sweep_id])[sweep_id]
 
 
 def _runs(conn: Connection, sweep_ids: Iterable[str]) -> dict[str, list[JobRow]]:

@@ -49,6 +49,8 @@ jobs = Table(
     Column("forked_from_job", String(32)),  # a fork: the job (id) and step it started from
     Column("forked_from_step", Integer),
     Column("checkpoint_error", Text),  # why the last checkpoint could not be written, or NULL
+    Column("webhook_url", String(2048)),  # where its status changes are sent, or NULL
+    Column("webhook_events", JSON),  # the events wanted: ["started", "succeeded", ...]
     Index("ix_jobs_status_pk", "status", "pk"),
     Index("ix_jobs_variant_pk", "variant", "pk"),
     Index("ix_jobs_sweep_id_pk", "sweep_id", "pk"),
@@ -96,6 +98,8 @@ sweeps = Table(
     Column("exact", Boolean),  # null: as `fuse` implies (trainwire.sweeps.SweepCreate.exact)
     Column("cancelled", Boolean, nullable=False, default=False),  # POST .../cancel was called
     Column("created_at", String(32), nullable=False),
+    Column("webhook_url", String(2048)),
+    Column("webhook_events", JSON),
     Index("ix_sweeps_variant_pk", "variant", "pk"),
 )
 
@@ -110,4 +114,27 @@ idempotency_keys = Table(
     Column("resource_id", String(32), nullable=False),  # the job's or the sweep's id
     Column("created_at", String(32), nullable=False),
     Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+# The outbox: one row per notification, inserted in the transaction of the status change that
+# causes it, sent (and retried) by app.webhooks until delivered or given up.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),  # the webhook-id header
+    Column("job_id", String(32)),  # a job's event, or NULL
+    Column("sweep_id", String(32)),  # a sweep's event, or NULL
+    Column("url", String(2048), nullable=False),
+    Column("event", String(32), nullable=False),  # job.succeeded, sweep.failed, ...
+    Column("payload", Text, nullable=False),  # the body, as sent on every attempt
+    Column("status", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("next_attempt", Float),  # seconds since the epoch; NULL once not pending
+    Column("created_at", String(32), nullable=False),
+    Column("delivered_at", String(32)),
+    Index("ix_webhook_deliveries_status_next", "status", "next_attempt"),
+    Index("ix_webhook_deliveries_job_id", "job_id"),
+    Index("ix_webhook_deliveries_sweep_id", "sweep_id"),
 )
