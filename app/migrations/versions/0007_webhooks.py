@@ -46,7 +46,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("webhook_deliveries")
+    sqlite = op.get_bind().dialect.name == "sqlite"
     for table in ("sweeps", "jobs"):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("webhook_events")
-            batch.drop_column("webhook_url")
+        for name in ("webhook_events", "webhook_url"):
+            if sqlite:
+                # in place (SQLite 3.35+): a batch copy of `jobs` would drop the old table and,
+                # by ON DELETE CASCADE, every job's losses with it
+                op.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
+            else:
+                op.drop_column(table, name)
