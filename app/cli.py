@@ -80,10 +80,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"--device: {args.variant!r} runs on the CPU only", file=sys.stderr)
         return 2
 
-    if hasattr(signal, "SIGPIPE"):
-        # `trainwire run ... | head`: end quietly when the reader goes, as cat does
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
     def sink(first_step: int, losses: list[float]) -> None:
         for i, loss in enumerate(losses):
             print(first_step + i, loss)

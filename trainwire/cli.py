@@ -552,9 +552,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return server_main(arguments)
     args = build_parser().parse_args(arguments)
-    if hasattr(signal, "SIGPIPE"):
-        # `trainwire watch JOB | head`: end quietly when the reader goes, as cat does
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         with Client(args.url, token=args.token) as tw:
             if getattr(args, "job", None) is not None:
@@ -576,5 +573,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def console() -> int:
+    """The console script: `trainwire ... | head` ends quietly when the reader goes, as cat
+    does (SIGPIPE's default, set for the command's own process only: `main()` called in a
+    program of yours leaves its signals alone)."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

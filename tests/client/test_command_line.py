@@ -436,3 +436,12 @@ def test_jobs_lists_by_label(shared_server: Server) -> None:
     listed = trainwire("jobs", "--label", "by-label", url=shared_server.url)
     assert listed.returncode == 0, listed.stderr
     assert [job["id"] for job in json.loads(listed.stdout)] == mine[::-1]
+
+
+def test_main_called_in_a_program_leaves_its_signals_alone() -> None:
+    from trainwire.cli import main
+
+    before = signal.getsignal(signal.SIGPIPE)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    assert main(["variants", "--url", nobody]) == 3
+    assert signal.getsignal(signal.SIGPIPE) == before
