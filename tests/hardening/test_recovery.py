@@ -18,24 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from servers import FINAL, Server, submit, wait_for
+from servers import FINAL, Server, stored_losses, submit, wait_for
 
 CURVE = {"batch_size": 16, "d_in": 64, "hidden": 16, "d_out": 4, "steps": 1_000_000}
 SEED = 1234
 KILL_AFTER_STEP = 2_000
-
-
-def all_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
-    """Every stored loss of the job, page by page."""
-    steps: list[int] = []
-    losses: list[float | None] = []
-    after: int | None = -1
-    while after is not None:
-        page = client.get(f"/v1/jobs/{job_id}/losses", params={"after": after}).json()
-        steps += page["steps"]
-        losses += page["losses"]
-        after = page["next_after"]
-    return steps, losses
 
 
 def cancelled_past(client: httpx.Client, job_id: str, step: int) -> dict[str, Any]:
@@ -116,8 +103,8 @@ def test_kill_9_then_restart_runs_the_job_again_to_the_exact_curve_and_the_queue
         # the same job, never interrupted, as far as the rerun went
         reference = submit(client, "tensors", hp=CURVE, seed=SEED, device="cpu")["id"]
         cancelled_past(client, reference, n)
-        steps, losses = all_losses(client, long)
-        reference_steps, reference_losses = all_losses(client, reference)
+        steps, losses = stored_losses(client, long)
+        reference_steps, reference_losses = stored_losses(client, reference)
         assert steps == reference_steps[:n] == list(range(n))
         assert losses == reference_losses[:n]  # bit for bit: JSON floats round-trip exactly
 
@@ -172,6 +159,6 @@ def test_a_restart_trusts_only_the_steps_the_store_holds_without_a_gap(
         assert rerun["status"] == "succeeded" and rerun["step"] == curve["steps"]
         reference = submit(client, "tensors", hp=curve, seed=SEED, device="cpu")["id"]
         wait_for(lambda: client.get(f"/v1/jobs/{reference}").json()["status"] in FINAL, 300)
-        steps, losses = all_losses(client, long)
+        steps, losses = stored_losses(client, long)
         assert steps == list(range(curve["steps"]))
-        assert losses == all_losses(client, reference)[1]
+        assert losses == stored_losses(client, reference)[1]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import httpx
 from httpx_sse import connect_sse
-from servers import Server, submit, wait_final, wait_for
+from servers import Server, stored_losses, submit, wait_final, wait_for
 
 # the tensors program on a small problem with the server's most steps: it runs until it is
 # stopped or cancelled, however fast the CPU
@@ -44,19 +44,6 @@ class Subscriber(threading.Thread):
         except BaseException as exc:  # a broken read is a failure of the test
             self.error = exc
         self.ended_at = time.monotonic()
-
-
-def all_losses(client: httpx.Client, job_id: str) -> tuple[list[int], list[float | None]]:
-    """Every stored loss of the job, page by page."""
-    steps: list[int] = []
-    losses: list[float | None] = []
-    after: int | None = -1
-    while after is not None:
-        page = client.get(f"/v1/jobs/{job_id}/losses", params={"after": after}).json()
-        steps += page["steps"]
-        losses += page["losses"]
-        after = page["next_after"]
-    return steps, losses
 
 
 def _sigterm_with_streams_open(server: Server) -> tuple[str, int, float]:
@@ -108,7 +95,7 @@ def test_sigterm_ends_streams_exits_0_and_the_job_runs_again(
         job = wait_final(client, job_id)
         assert job["status"] == "cancelled", job
         assert job["attempts"] == 2
-        steps, losses = all_losses(client, job_id)
+        steps, losses = stored_losses(client, job_id)
         assert steps == list(range(job["step"]))
         assert all(isinstance(v, float) for v in losses)
         assert json.loads(client.get(f"/v1/jobs/{job_id}").text)["step"] == job["step"]
